@@ -1,0 +1,5 @@
+import sys
+
+from palaver.cli import main
+
+sys.exit(main())

@@ -1,0 +1,158 @@
+"""``create_app(settings)``: the ASGI application, its routes, auth and error layer."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from palaver.asgi import ClientDisconnected, Receive, Scope, Send, header, send_error
+from palaver.config import Settings, load_settings
+from palaver.errors import MethodNotAllowed, NotFound, PalaverError, Unauthorized
+from palaver.providers import build_router, new_session
+from palaver.routes import Handlers
+from palaver.service import ChatService
+
+log = logging.getLogger("palaver")
+
+Handler = Callable[[Scope, Receive, Send, str], Awaitable[None]]
+
+PUBLIC_PATHS = frozenset({"/health"})
+
+
+def tenant_of(key: str) -> str:
+    """A stable, non-secret identity for an API key."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@dataclass(slots=True)
+class _Runtime:
+    session: aiohttp.ClientSession
+    routes: dict[str, dict[str, Handler]]
+
+
+class Palaver:
+    """The palaver ASGI application. Everything it uses is built at startup, closed at shutdown."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._tenants = {
+            hashlib.sha256(key.encode()).digest(): tenant_of(key)
+            for key in settings.server.api_keys
+        }
+        self._runtime: _Runtime | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def startup(self) -> None:
+        session = new_session()
+        router = build_router(self.settings.providers, session)
+        handlers = Handlers(ChatService(router), router, self.settings.server.max_body_bytes)
+        chat: dict[str, Handler] = {"POST": handlers.chat}
+        models: dict[str, Handler] = {"GET": handlers.models}
+        routes: dict[str, dict[str, Handler]] = {
+            "/v1/chat/completions": chat,
+            "/chat/completions": chat,
+            "/v1/models": models,
+            "/models": models,
+            "/health": {"GET": handlers.health},
+        }
+        self._runtime = _Runtime(session, routes)
+        if self.settings.providers:
+            for provider in self.settings.providers:
+                log.info(
+                    "provider %s (%s) at %s serves %s",
+                    provider.name,
+                    provider.source,
+                    provider.base_url or "built-in",
+                    ", ".join(provider.models),
+                )
+        else:
+            log.info("no provider configured: the built-in echo model answers every model name")
+        if self._tenants:
+            log.info("API keys required: %d configured", len(self._tenants))
+
+    async def shutdown(self) -> None:
+        if self._runtime is not None:
+            await self._runtime.session.close()
+            self._runtime = None
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _authenticate(self, scope: Scope) -> str:
+        if not self._tenants:
+            return ""
+        value = header(scope, b"authorization")
+        if value is None:
+            raise Unauthorized(
+                "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."
+            )
+        scheme, _, key = value.partition(b" ")
+        tenant = self._tenants.get(hashlib.sha256(key.strip()).digest())
+        if scheme.lower() != b"bearer" or tenant is None:
+            raise Unauthorized("Incorrect API key provided.")
+        return tenant
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            runtime = self._runtime
+            if runtime is None:
+                raise PalaverError("palaver is not started (the server must run its lifespan).")
+            path: str = scope["path"]
+            methods = runtime.routes.get(path)
+            if methods is None and len(path) > 1 and path.endswith("/"):
+                path = path.rstrip("/")
+                methods = runtime.routes.get(path)
+            method: str = scope["method"]
+            if methods is None:
+                raise NotFound(
+                    f"Unknown request URL: {method} {scope['path']}.", code="unknown_url"
+                )
+            handler = methods.get(method)
+            if handler is None:
+                raise MethodNotAllowed(f"Method {method} is not allowed on {path}.")
+            tenant = "" if path in PUBLIC_PATHS else self._authenticate(scope)
+            await handler(scope, receive, send, tenant)
+        except ClientDisconnected:
+            log.info("client disconnected: its request was cancelled")
+        except PalaverError as exc:
+            await self._try_send(send, exc)
+        except Exception:
+            log.exception("request failed")
+            await self._try_send(
+                send, PalaverError("The server had an error processing the request.")
+            )
+
+    @staticmethod
+    async def _try_send(send: Send, error: PalaverError) -> None:
+        try:
+            await send_error(send, error)
+        except Exception:  # the response had already started, or the client is gone
+            log.debug("could not send the error response", exc_info=True)
+
+
+def create_app(settings: Settings | None = None) -> Palaver:
+    """The application for ``settings`` (default: loaded from the file and the environment)."""
+    return Palaver(settings if settings is not None else load_settings())

@@ -1,0 +1,86 @@
+"""``palaver serve``: load and check the settings, then run uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import uvicorn
+
+from palaver.config import ConfigError, Settings, load_settings
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="palaver", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the OpenAI-compatible server")
+    serve.add_argument("--host", help="address to bind (env HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (env PORT, default 3001)")
+    serve.add_argument("--config", help="TOML config file (env PALAVER_CONFIG)")
+    serve.add_argument("--workers", type=int, help="number of worker processes (default 1)")
+    serve.add_argument("--reload", action="store_true", help="restart on code changes (dev)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def app_from_env() -> Any:
+    """Factory for worker and reload processes: settings come from the environment."""
+    from palaver.app import create_app
+
+    return create_app(load_settings())
+
+
+def serve(args: argparse.Namespace) -> int:
+    flags = {"server.host": args.host, "server.port": args.port, "server.workers": args.workers}
+    try:
+        settings: Settings = load_settings(args.config, os.environ, flags)
+    except ConfigError as exc:
+        print(f"palaver: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    server = settings.server
+    options: dict[str, Any] = {
+        "host": server.host,
+        "port": server.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "access_log": server.access_log,
+        "log_level": args.log_level,
+        "timeout_graceful_shutdown": 10,
+    }
+    if args.reload or server.workers > 1:
+        # Child processes rebuild the settings from the environment; flags travel through it.
+        if args.config:
+            os.environ["PALAVER_CONFIG"] = os.path.abspath(args.config)
+        os.environ["HOST"] = server.host
+        os.environ["PORT"] = str(server.port)
+        factory_options: dict[str, Any] = {"factory": True}
+        if args.reload:
+            src = os.path.dirname(os.path.abspath(__file__))
+            factory_options.update(reload=True, reload_dirs=[src])
+        else:
+            factory_options["workers"] = server.workers
+        uvicorn.run("palaver.cli:app_from_env", **options, **factory_options)
+        return 0
+    from palaver.app import create_app
+
+    uvicorn.run(create_app(settings), **options)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return 2  # pragma: no cover - argparse rejects other commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())

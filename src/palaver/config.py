@@ -1,0 +1,211 @@
+"""The one settings schema, loaded from a TOML file, the environment and command-line flags.
+
+Precedence: flag > environment > config file > default. Every source is merged into one plain
+dict, then validated once against the schema below, so an error names the key it is about.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from palaver.protocol import _param_of
+
+
+class ConfigError(Exception):
+    """A bad config file or value; its message is one line naming the key."""
+
+
+Seconds = Annotated[float, Meta(gt=0)]
+
+
+class ServerSettings(Struct, forbid_unknown_fields=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 3001
+    workers: Annotated[int, Meta(ge=1, le=256)] = 1
+    api_keys: list[Annotated[str, Meta(min_length=1)]] = []
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = 8 * 1024 * 1024
+    access_log: bool = False
+
+
+class ProviderSettings(Struct, forbid_unknown_fields=True, kw_only=True):
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    base_url: Annotated[str, Meta(pattern=r"^https?://")] = ""
+    api_key: str | None = None
+    api_key_env: str | None = None
+    models: list[Annotated[str, Meta(min_length=1)]] = msgspec.field(default_factory=lambda: ["*"])
+    kind: Literal["openai", "echo"] = "openai"
+    headers: dict[str, str] = {}
+    connect_timeout: Seconds = 10.0
+    first_byte_timeout: Seconds = 300.0
+    chunk_timeout: Seconds = 120.0
+    source: str = "config file"
+
+
+class CacheSettings(Struct, forbid_unknown_fields=True, kw_only=True):
+    enabled: bool = True
+    ttl_seconds: Annotated[float, Meta(gt=0)] = 300.0
+    max_entries: Annotated[int, Meta(ge=1)] = 10_000
+    max_bytes: Annotated[int, Meta(ge=1024)] = 256 * 1024 * 1024
+    backend: Literal["memory", "redis"] = "memory"
+
+
+class ConversationSettings(Struct, forbid_unknown_fields=True, kw_only=True):
+    backend: Literal["sqlite", "memory", "redis"] = "sqlite"
+    path: str = "palaver.sqlite3"
+    max_messages: Annotated[int, Meta(ge=2)] = 50
+    max_active: Annotated[int, Meta(ge=1)] = 1000
+    auto_create: bool = True
+    idle_ttl_seconds: Annotated[float, Meta(ge=0)] = 0.0
+
+
+class RedisSettings(Struct, forbid_unknown_fields=True, kw_only=True):
+    url: Annotated[str, Meta(pattern=r"^(redis|rediss|unix)://")] = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "palaver:"
+
+
+class Settings(Struct, forbid_unknown_fields=True, kw_only=True):
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    providers: list[ProviderSettings] = []
+    cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
+    conversations: ConversationSettings = msgspec.field(default_factory=ConversationSettings)
+    redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
+
+
+# Providers that the environment alone can configure: (name, key variable, base URL).
+ENV_PROVIDERS: tuple[tuple[str, str, str], ...] = (
+    ("openai", "OPENAI_API_KEY", "https://api.openai.com/v1"),
+    ("groq", "GROQ_API_KEY", "https://api.groq.com/openai/v1"),
+    ("cerebras", "CEREBRAS_API_KEY", "https://api.cerebras.ai/v1"),
+    ("openrouter", "OPENROUTER_API_KEY", "https://openrouter.ai/api/v1"),
+    ("mistral", "MISTRAL_API_KEY", "https://api.mistral.ai/v1"),
+    ("deepseek", "DEEPSEEK_API_KEY", "https://api.deepseek.com/v1"),
+    ("together", "TOGETHER_API_KEY", "https://api.together.xyz/v1"),
+    ("gemini", "GEMINI_API_KEY", "https://generativelanguage.googleapis.com/v1beta/openai"),
+)
+
+# Single environment variables that set one key: variable -> dotted key.
+ENV_KEYS: dict[str, str] = {
+    "HOST": "server.host",
+    "PORT": "server.port",
+    "PALAVER_WORKERS": "server.workers",
+    "PALAVER_API_KEYS": "server.api_keys",
+    "REDIS_URL": "redis.url",
+}
+ENV_PREFIX = "PALAVER_"  # PALAVER_CACHE__TTL_SECONDS=60 sets cache.ttl_seconds
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        child = tree.get(part)
+        if not isinstance(child, dict):
+            child = tree[part] = {}
+        tree = child
+    tree[leaf] = value
+
+
+def _env_value(dotted: str, raw: str) -> Any:
+    if dotted == "server.api_keys":
+        return [key.strip() for key in raw.split(",") if key.strip()]
+    return raw
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    try:
+        with Path(path).open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: not found") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+
+
+def _env_providers(env: Mapping[str, str], taken: set[Any]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    for name, key_var, base_url in ENV_PROVIDERS:
+        key = env.get(key_var)
+        if name == "openai" and env.get("OPENAI_BASE_URL"):
+            base_url = env["OPENAI_BASE_URL"]
+        elif not key:
+            continue
+        found.append({"name": name, "base_url": base_url, "api_key": key, "source": key_var})
+    ollama = env.get("OLLAMA_BASE_URL")
+    if ollama:
+        url = ollama.rstrip("/")
+        found.append(
+            {
+                "name": "ollama",
+                "base_url": url if url.endswith("/v1") else url + "/v1",
+                "source": "OLLAMA_BASE_URL",
+            }
+        )
+    return [provider for provider in found if provider["name"] not in taken]
+
+
+def load_settings(
+    config_path: str | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge default < file < environment < flags and validate the result."""
+    env = os.environ if env is None else env
+    path = config_path or env.get("PALAVER_CONFIG")
+    tree: dict[str, Any] = _read_file(path) if path else {}
+    origin: dict[str, str] = {}
+
+    for var, dotted in ENV_KEYS.items():
+        if var in env:
+            _set(tree, dotted, _env_value(dotted, env[var]))
+            origin[dotted] = f"environment variable {var}"
+    for var, raw in env.items():
+        if var.startswith(ENV_PREFIX) and "__" in var:
+            section, _, key = var[len(ENV_PREFIX) :].lower().partition("__")
+            dotted = f"{section}.{key}"
+            _set(tree, dotted, _env_value(dotted, raw))
+            origin[dotted] = f"environment variable {var}"
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            _set(tree, dotted, value)
+            origin[dotted] = "command line"
+
+    file_providers = tree.get("providers", [])
+    if not isinstance(file_providers, list):
+        raise ConfigError("providers: must be an array of tables ([[providers]])")
+    taken = {p.get("name", "") for p in file_providers if isinstance(p, dict)}
+    tree["providers"] = file_providers + _env_providers(env, taken)
+
+    try:
+        settings = msgspec.convert(tree, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        message, param = _param_of(exc)
+        where = f" (from {origin[param]})" if param in origin else ""
+        raise ConfigError(f"{param or 'config'}: {message}{where}") from None
+    _check_providers(settings, env)
+    return settings
+
+
+def _check_providers(settings: Settings, env: Mapping[str, str]) -> None:
+    seen: set[str] = set()
+    for index, provider in enumerate(settings.providers):
+        key = f"providers[{index}]"
+        if provider.name in seen:
+            raise ConfigError(f"{key}.name: duplicate provider name {provider.name!r}")
+        seen.add(provider.name)
+        if provider.kind == "openai" and not provider.base_url:
+            raise ConfigError(f"{key}.base_url: required for provider {provider.name!r}")
+        if provider.api_key_env and provider.api_key is None:
+            value = env.get(provider.api_key_env)
+            if not value:
+                raise ConfigError(
+                    f"{key}.api_key_env: environment variable {provider.api_key_env} is not set"
+                )
+            provider.api_key = value

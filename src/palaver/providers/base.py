@@ -1,0 +1,38 @@
+"""What every provider offers: one completion, or a stream of chunks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from palaver.protocol import Json
+
+
+class ChunkStream(Protocol):
+    """An open upstream stream whose first chunk has already arrived.
+
+    Iterating yields chunk objects; ``aclose`` releases the upstream connection and must be
+    called however the iteration ends (it cancels the upstream request when ended early).
+    """
+
+    def __aiter__(self) -> AsyncIterator[Json]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Provider(Protocol):
+    name: str
+
+    async def complete(self, payload: Json) -> Json:
+        """One non-streaming completion. Raises an ``UpstreamError`` on failure."""
+        ...
+
+    async def open_stream(self, payload: Json) -> ChunkStream:
+        """Start a stream and wait for its first chunk. Raises an ``UpstreamError`` on failure."""
+        ...
+
+    async def list_models(self) -> list[str]:
+        """The model names the upstream reports (empty if it cannot say)."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,102 @@
+"""The built-in ``echo`` model: answers with the text of the last user message.
+
+It lets palaver run, and be tried, with no provider at all.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+from palaver.protocol import Json, completion_id, now, text_of
+
+_WORDS = re.compile(r"\s*\S+\s*")
+
+
+def _reply_text(payload: Json) -> str:
+    for message in reversed(payload.get("messages", ())):
+        if message.get("role") == "user":
+            return text_of(message.get("content"))
+    return ""
+
+
+def _usage(payload: Json, reply: str, n: int) -> Json:
+    prompt = sum(len(text_of(m.get("content")).split()) for m in payload.get("messages", ()))
+    completion = len(reply.split()) * n
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _choices(payload: Json) -> int:
+    n = payload.get("n")
+    return n if isinstance(n, int) and n > 0 else 1
+
+
+class EchoProvider:
+    def __init__(self, name: str = "echo") -> None:
+        self.name = name
+
+    async def complete(self, payload: Json) -> Json:
+        reply = _reply_text(payload)
+        n = _choices(payload)
+        return {
+            "id": completion_id(),
+            "object": "chat.completion",
+            "created": now(),
+            "model": payload["model"],
+            "choices": [
+                {
+                    "index": index,
+                    "message": {"role": "assistant", "content": reply, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+                for index in range(n)
+            ],
+            "usage": _usage(payload, reply, n),
+        }
+
+    async def open_stream(self, payload: Json) -> _EchoStream:
+        return _EchoStream(payload)
+
+    async def list_models(self) -> list[str]:
+        return ["echo"]
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _EchoStream:
+    def __init__(self, payload: Json) -> None:
+        self._payload = payload
+
+    async def __aiter__(self) -> AsyncIterator[Json]:
+        payload = self._payload
+        reply = _reply_text(payload)
+        n = _choices(payload)
+        base: dict[str, Any] = {
+            "id": completion_id(),
+            "object": "chat.completion.chunk",
+            "created": now(),
+            "model": payload["model"],
+        }
+
+        def chunk(index: int, delta: Json, finish: str | None = None) -> Json:
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return {**base, "choices": [choice]}
+
+        for index in range(n):
+            yield chunk(index, {"role": "assistant", "content": ""})
+            for word in _WORDS.findall(reply):
+                yield chunk(index, {"content": word})
+            yield chunk(index, {}, "stop")
+        options = payload.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            yield {**base, "choices": [], "usage": _usage(payload, reply, n)}
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,73 @@
+"""Thin HTTP handlers: request in, ``ChatCall`` through the service, JSON or SSE out."""
+
+from __future__ import annotations
+
+import orjson
+
+from palaver.asgi import (
+    SSE_HEADERS,
+    CancelOnDisconnect,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+    send_json,
+)
+from palaver.errors import UnsupportedMediaType
+from palaver.protocol import model_list, parse_chat_request
+from palaver.providers import ProviderRouter
+from palaver.service import ChatCall, ChatService
+
+HEALTH_BODY = orjson.dumps({"status": "ok"})
+
+
+def _check_json(scope: Scope) -> None:
+    content_type = header(scope, b"content-type")
+    if content_type is None:
+        return
+    media = content_type.split(b";", 1)[0].strip().lower()
+    if media != b"application/json" and not media.endswith(b"+json"):
+        raise UnsupportedMediaType(
+            "The request body must be JSON, sent with 'Content-Type: application/json'."
+        )
+
+
+class Handlers:
+    def __init__(self, service: ChatService, router: ProviderRouter, max_body: int) -> None:
+        self._service = service
+        self._router = router
+        self._max_body = max_body
+
+    async def chat(self, scope: Scope, receive: Receive, send: Send, tenant: str) -> None:
+        _check_json(scope)
+        body = await read_body(scope, receive, self._max_body)
+        request, payload = parse_chat_request(body)
+        call = ChatCall(request, payload, tenant)
+        if not request.stream:
+            async with CancelOnDisconnect(receive):
+                reply = await self._service.complete(call)
+            await send_json(send, 200, orjson.dumps(reply.body), reply.headers)
+            return
+        async with CancelOnDisconnect(receive):
+            stream = await self._service.stream(call)
+            try:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": SSE_HEADERS + stream.headers,
+                    }
+                )
+                async for event in stream.events:
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
+                await send({"type": "http.response.body", "body": b""})
+            finally:
+                await stream.events.aclose()
+
+    async def models(self, scope: Scope, receive: Receive, send: Send, tenant: str) -> None:
+        models = await self._router.list_models()
+        await send_json(send, 200, orjson.dumps(model_list(models)))
+
+    async def health(self, scope: Scope, receive: Receive, send: Send, tenant: str) -> None:
+        await send_json(send, 200, HEALTH_BODY)

@@ -177,11 +177,19 @@ def load_settings(
             _set(tree, dotted, value)
             origin[dotted] = "command line"
 
+    return settings_from(tree, env, origin)
+
+
+def settings_from(
+    tree: dict[str, Any], env: Mapping[str, str] | None = None, origin: Mapping[str, str] = {}
+) -> Settings:
+    """Validate a merged settings tree; providers from ``env`` join those of the tree."""
+    env = {} if env is None else env
     file_providers = tree.get("providers", [])
     if not isinstance(file_providers, list):
         raise ConfigError("providers: must be an array of tables ([[providers]])")
     taken = {p.get("name", "") for p in file_providers if isinstance(p, dict)}
-    tree["providers"] = file_providers + _env_providers(env, taken)
+    tree = {**tree, "providers": file_providers + _env_providers(env, taken)}
 
     try:
         settings = msgspec.convert(tree, Settings, strict=False)

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import openai
+import pytest
+
+from palaver.app import create_app
+from palaver.config import settings_from
+from tests.servers import serve
+from tests.upstream import Upstream
+
+
+def provider_entry(upstream: Upstream, models: Sequence[str] = ("*",), **extra: Any) -> dict[str, Any]:
+    return {
+        "name": upstream.name,
+        "base_url": upstream.url + "/v1",
+        "api_key": f"sk-upstream-{upstream.name}",
+        "models": list(models),
+        "connect_timeout": 1.0,
+        "first_byte_timeout": 3.0,
+        "chunk_timeout": 3.0,
+        **extra,
+    }
+
+
+@contextmanager
+def run_palaver(providers: Sequence[dict[str, Any]] = (), **sections: Any) -> Iterator[str]:
+    """palaver over loopback with these provider entries and settings sections; yields its URL."""
+    tree: dict[str, Any] = {"providers": list(providers), **sections}
+    with serve(create_app(settings_from(tree))) as url:
+        yield url
+
+
+@contextmanager
+def run_upstream(name: str = "up", **kwargs: Any) -> Iterator[Upstream]:
+    upstream = Upstream(name=name, **kwargs)
+    with serve(upstream) as url:
+        upstream.url = url
+        yield upstream
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    with run_upstream("up1") as up:
+        yield up
+
+
+@pytest.fixture
+def palaver_url(upstream: Upstream) -> Iterator[str]:
+    with run_palaver([provider_entry(upstream)]) as url:
+        yield url
+
+
+@pytest.fixture
+def client(palaver_url: str) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=palaver_url + "/v1", api_key="sk-client", max_retries=0) as c:
+        yield c

@@ -13,7 +13,9 @@ from tests.servers import serve
 from tests.upstream import Upstream
 
 
-def provider_entry(upstream: Upstream, models: Sequence[str] = ("*",), **extra: Any) -> dict[str, Any]:
+def provider_entry(
+    upstream: Upstream, models: Sequence[str] = ("*",), **extra: Any
+) -> dict[str, Any]:
     return {
         "name": upstream.name,
         "base_url": upstream.url + "/v1",

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageParam
 
 from tests.conftest import provider_entry, run_palaver
 from tests.upstream import Upstream
 
-USER = [{"role": "user", "content": "hello there"}]
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there"}]
 
 
 def test_create(client: openai.OpenAI, upstream: Upstream) -> None:
-    completion = client.chat.completions.create(model="gpt-4o", messages=USER)  # type: ignore[arg-type]
+    completion = client.chat.completions.create(model="gpt-4o", messages=USER)
     assert completion.object == "chat.completion"
     assert completion.choices[0].message.content == "[up1] hello there"
     assert completion.choices[0].finish_reason == "stop"
-    assert completion.usage is not None and completion.usage.total_tokens == 12
+    assert completion.usage is not None
+    assert completion.usage.total_tokens == 12
     sent = upstream.chat_requests[0]
     assert sent.body == {"model": "gpt-4o", "messages": USER}
     assert sent.headers["authorization"] == "Bearer sk-upstream-up1"
@@ -27,7 +30,7 @@ def test_create(client: openai.OpenAI, upstream: Upstream) -> None:
 def test_stream_with_usage(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
         model="gpt-4o",
-        messages=USER,  # type: ignore[arg-type]
+        messages=USER,
         stream=True,
         stream_options={"include_usage": True},
     )
@@ -40,22 +43,19 @@ def test_stream_with_usage(client: openai.OpenAI) -> None:
     assert content[-1].choices[0].finish_reason == "stop"
     assert "".join(c.choices[0].delta.content or "" for c in content) == "[up1] hello there"
     assert chunks[-1].choices == []
-    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 12
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.total_tokens == 12
 
 
 def test_stream_without_usage_has_no_usage_chunk(client: openai.OpenAI) -> None:
-    chunks = list(
-        client.chat.completions.create(model="m", messages=USER, stream=True)  # type: ignore[arg-type]
-    )
+    chunks = list(client.chat.completions.create(model="m", messages=USER, stream=True))
     assert all(c.choices for c in chunks)
 
 
 def test_n_choices(client: openai.OpenAI) -> None:
-    completion = client.chat.completions.create(model="m", messages=USER, n=2)  # type: ignore[arg-type]
+    completion = client.chat.completions.create(model="m", messages=USER, n=2)
     assert [c.index for c in completion.choices] == [0, 1]
-    chunks = list(
-        client.chat.completions.create(model="m", messages=USER, n=2, stream=True)  # type: ignore[arg-type]
-    )
+    chunks = list(client.chat.completions.create(model="m", messages=USER, n=2, stream=True))
     for index in (0, 1):
         mine = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == index]
         assert mine[0].delta.role == "assistant"
@@ -64,7 +64,7 @@ def test_n_choices(client: openai.OpenAI) -> None:
         assert all(ch.finish_reason is None for ch in mine[:-1])
 
 
-TOOLS = [
+TOOLS: list[ChatCompletionFunctionToolParam] = [
     {
         "type": "function",
         "function": {
@@ -80,8 +80,8 @@ def test_streamed_tool_calls(client: openai.OpenAI, upstream: Upstream) -> None:
     chunks = list(
         client.chat.completions.create(
             model="m",
-            messages=USER,  # type: ignore[arg-type]
-            tools=TOOLS,  # type: ignore[arg-type]
+            messages=USER,
+            tools=TOOLS,
             stream=True,
         )
     )
@@ -94,30 +94,36 @@ def test_streamed_tool_calls(client: openai.OpenAI, upstream: Upstream) -> None:
                 if call.function:
                     entry["name"] += call.function.name or ""
                     entry["arguments"] += call.function.arguments or ""
-    assert calls[0]["name"] == "get_weather" and calls[1]["name"] == "get_time"
+    assert calls[0]["name"] == "get_weather"
+    assert calls[1]["name"] == "get_time"
     assert json.loads(calls[0]["arguments"]) == {"city": "Paris"}
     assert calls[1]["id"] == "call_1"
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
     assert upstream.chat_requests[0].body["tools"] == TOOLS
 
 
-def test_unknown_and_known_parameters_are_forwarded(client: openai.OpenAI, upstream: Upstream) -> None:
-    response_format = {
+def test_unknown_and_known_parameters_are_forwarded(
+    client: openai.OpenAI, upstream: Upstream
+) -> None:
+    response_format: Any = {
         "type": "json_schema",
         "json_schema": {"name": "answer", "schema": {"type": "object"}, "strict": True},
     }
+    cached: Any = [{"role": "user", "content": "x", "cache_control": {"type": "ephemeral"}}]
     client.chat.completions.create(
         model="m",
-        messages=[{"role": "user", "content": "x", "cache_control": {"type": "ephemeral"}}],  # type: ignore[list-item]
-        response_format=response_format,  # type: ignore[arg-type]
+        messages=cached,
+        response_format=response_format,
         seed=7,
         temperature=0.2,
         extra_body={"top_k": 40, "provider": {"order": ["a", "b"]}, "conversation": "c1"},
     )
     body = upstream.chat_requests[0].body
     assert body["response_format"] == response_format
-    assert body["top_k"] == 40 and body["provider"] == {"order": ["a", "b"]}
-    assert body["seed"] == 7 and body["temperature"] == 0.2
+    assert body["top_k"] == 40
+    assert body["provider"] == {"order": ["a", "b"]}
+    assert body["seed"] == 7
+    assert body["temperature"] == 0.2
     assert body["messages"][0]["cache_control"] == {"type": "ephemeral"}
     assert "conversation" not in body
 
@@ -141,11 +147,11 @@ def test_models_list_echo() -> None:
         openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0) as client,
     ):
         assert [m.id for m in client.models.list()] == ["echo"]
-        reply = client.chat.completions.create(model="gpt-3.5-turbo", messages=USER)  # type: ignore[arg-type]
+        reply = client.chat.completions.create(model="gpt-3.5-turbo", messages=USER)
         assert reply.choices[0].message.content == "hello there"
         words = [
             c.choices[0].delta.content
-            for c in client.chat.completions.create(model="x", messages=USER, stream=True)  # type: ignore[arg-type]
+            for c in client.chat.completions.create(model="x", messages=USER, stream=True)
             if c.choices and c.choices[0].delta.content
         ]
         assert words == ["hello ", "there"]
@@ -173,10 +179,11 @@ def test_upstream_errors_raise_the_right_sdk_exception(
 ) -> None:
     upstream.behave(**behaviour)
     with pytest.raises(error_class) as caught:
-        client.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+        client.chat.completions.create(model="m", messages=USER)
     assert caught.value.status_code == status
     body = caught.value.body
-    assert isinstance(body, dict) and set(body) == {"message", "type", "param", "code"}
+    assert isinstance(body, dict)
+    assert set(body) == {"message", "type", "param", "code"}
     if status < 500:
         assert body["message"] == f"up1 says {status}"
     if status == 429:
@@ -184,30 +191,35 @@ def test_upstream_errors_raise_the_right_sdk_exception(
 
 
 def test_palaver_errors_raise_the_right_sdk_exception(client: openai.OpenAI) -> None:
+    robot: Any = [{"role": "robot", "content": "x"}]
     with pytest.raises(openai.BadRequestError) as bad:
-        client.chat.completions.create(model="m", messages=[{"role": "robot", "content": "x"}])  # type: ignore[list-item]
-    assert bad.value.param == "messages[0].role"  # type: ignore[attr-defined]
+        client.chat.completions.create(model="m", messages=robot)
+    assert bad.value.param == "messages[0].role"
     with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model="m", messages=USER, temperature=5)  # type: ignore[arg-type]
+        client.chat.completions.create(model="m", messages=USER, temperature=5)
 
 
 def test_unknown_model_is_404() -> None:
     with (
-        run_palaver([{"name": "x", "base_url": "http://127.0.0.1:9/v1", "models": ["only"]}]) as url,
+        run_palaver(
+            [{"name": "x", "base_url": "http://127.0.0.1:9/v1", "models": ["only"]}]
+        ) as url,
         openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0) as client,
         pytest.raises(openai.NotFoundError) as caught,
     ):
-        client.chat.completions.create(model="other", messages=USER)  # type: ignore[arg-type]
+        client.chat.completions.create(model="other", messages=USER)
     assert caught.value.code == "model_not_found"
 
 
 async def test_async_client(palaver_url: str, upstream: Upstream) -> None:
-    async with openai.AsyncOpenAI(base_url=palaver_url + "/v1", api_key="k", max_retries=0) as client:
-        completion = await client.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+    async with openai.AsyncOpenAI(
+        base_url=palaver_url + "/v1", api_key="k", max_retries=0
+    ) as client:
+        completion = await client.chat.completions.create(model="m", messages=USER)
         assert completion.choices[0].message.content == "[up1] hello there"
         stream = await client.chat.completions.create(
             model="m",
-            messages=USER,  # type: ignore[arg-type]
+            messages=USER,
             stream=True,
             stream_options={"include_usage": True},
         )
@@ -218,9 +230,10 @@ async def test_async_client(palaver_url: str, upstream: Upstream) -> None:
                 text += chunk.choices[0].delta.content or ""
             usage = chunk.usage or usage
         assert text == "[up1] hello there"
-        assert usage is not None and usage.completion_tokens == 7
+        assert usage is not None
+        assert usage.completion_tokens == 7
         models = [m.id async for m in client.models.list()]
         assert models == ["up-model"]
+        upstream.behave(status=429, times=1)
         with pytest.raises(openai.RateLimitError):
-            upstream.behave(status=429, times=1)
-            await client.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+            await client.chat.completions.create(model="m", messages=USER)

@@ -101,7 +101,10 @@ class Upstream:
                 break
         path: str = scope["path"]
         if path.endswith("/models"):
-            data = [{"id": m, "object": "model", "created": 0, "owned_by": self.name} for m in self.models]
+            data = [
+                {"id": m, "object": "model", "created": 0, "owned_by": self.name}
+                for m in self.models
+            ]
             await _json(send, 200, {"object": "list", "data": data})
             return
         payload = orjson.loads(body) if body else {}
@@ -125,7 +128,9 @@ class Upstream:
                     "code": f"status_{behaviour.status}",
                 }
             }
-            extra = [(b"retry-after", behaviour.retry_after.encode())] if behaviour.retry_after else []
+            extra = (
+                [(b"retry-after", behaviour.retry_after.encode())] if behaviour.retry_after else []
+            )
             await _json(send, behaviour.status, error, extra)
             return
         if behaviour.not_json:
@@ -223,7 +228,9 @@ class Upstream:
                     head["function"] = {"name": call["function"]["name"], "arguments": ""}
                     yield chunk(i, {"tool_calls": [head]})
                     for piece in ('{"city"', ': "Par', 'is"}'):
-                        yield chunk(i, {"tool_calls": [{"index": t, "function": {"arguments": piece}}]})
+                        yield chunk(
+                            i, {"tool_calls": [{"index": t, "function": {"arguments": piece}}]}
+                        )
         else:
             for word in _WORDS.findall(text):
                 for i in range(n):
@@ -240,8 +247,10 @@ class Upstream:
         for count, chunk in enumerate(self.chunks(payload)):
             if behaviour.cut_after is not None and count >= behaviour.cut_after:
                 raise CutConnection("cut mid-stream on purpose")
-            if count and behaviour.chunk_delay and await self._wait_disconnect(
-                receive, behaviour.chunk_delay
+            if (
+                count
+                and behaviour.chunk_delay
+                and await self._wait_disconnect(receive, behaviour.chunk_delay)
             ):
                 return
             data = b"data: not json\n\n" if behaviour.not_json else _event(chunk)

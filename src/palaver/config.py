@@ -195,7 +195,7 @@ def settings_from(
         settings = msgspec.convert(tree, Settings, strict=False)
     except msgspec.ValidationError as exc:
         message, param = _param_of(exc)
-        where = f" (from {origin[param]})" if param in origin else ""
+        where = f" (from {origin[param]})" if param and param in origin else ""
         raise ConfigError(f"{param or 'config'}: {message}{where}") from None
     _check_providers(settings, env)
     return settings

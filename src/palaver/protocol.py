@@ -205,7 +205,7 @@ def _param_of(error: msgspec.ValidationError) -> tuple[str, str | None]:
     """Split msgspec's "Expected `int`, got `str` - at `$.n`" into ("...", "n")."""
     text = str(error)
     match = _AT.search(text)
-    path = match.group("path").lstrip(".") if match else ""
+    path = match.group("path").lstrip(".").split("[...]")[0] if match else ""
     if match:
         text = text[: match.start()]
     missing = _MISSING.search(text)

@@ -16,7 +16,7 @@ async def _pieces(*parts: bytes) -> AsyncIterator[bytes]:
 
 
 async def _collect(*parts: bytes) -> list[dict[str, object]]:
-    return [event async for event in parse_events(_pieces(*parts))]
+    return [event async for batch in parse_events(_pieces(*parts)) for event in batch]
 
 
 async def test_events_split_anywhere_and_crlf() -> None:

@@ -66,10 +66,10 @@ class ChatService:
 async def _relay(upstream: ChunkStream, normalize: ChunkNormalizer) -> AsyncGenerator[bytes, None]:
     """Relay chunks; a failure after the first one ends the stream with an error event."""
     try:
-        async for chunk in upstream:
-            out = normalize(chunk)
-            if out is not None:
-                yield encode_event(out)
+        async for batch in upstream:
+            events = [encode_event(out) for chunk in batch if (out := normalize(chunk))]
+            if events:
+                yield events[0] if len(events) == 1 else b"".join(events)
         if not normalize.complete:
             raise UpstreamUnreachable("The upstream stream ended before its last chunk.")
     except PalaverError as exc:

@@ -25,17 +25,21 @@ def error_event(error: PalaverError) -> bytes:
     return b"data: " + error.to_json() + b"\n\n"
 
 
-async def parse_events(chunks: AsyncIterable[bytes]) -> AsyncGenerator[Json, None]:
-    """Yield the JSON object of each ``data:`` event; stop at ``[DONE]``.
+async def parse_events(chunks: AsyncIterable[bytes]) -> AsyncGenerator[list[Json], None]:
+    """Yield, for each piece read, the JSON objects of the ``data:`` events it completed;
+    stop at ``[DONE]``.
 
-    Bytes are split by hand rather than line by line so that one event may be of any size.
-    Comments (``: keep-alive``) and ``event:``/``id:`` lines are skipped.
+    Events are batched by network read so that the relay writes them out together (one write,
+    not one per event) while still passing each read on as soon as it arrives. Bytes are split
+    by hand rather than line by line so that one event may be of any size. Comments
+    (``: keep-alive``) and ``event:``/``id:`` lines are skipped.
     """
     buffer = b""
     async for piece in chunks:
         buffer += piece
         if b"\r" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n")
+        batch: list[Json] = []
         while True:
             end = buffer.find(b"\n\n")
             if end < 0:
@@ -45,11 +49,15 @@ async def parse_events(chunks: AsyncIterable[bytes]) -> AsyncGenerator[Json, Non
             if data is None:
                 continue
             if data == b"[DONE]":
+                if batch:
+                    yield batch
                 return
-            yield _decode(data)
+            batch.append(_decode(data))
+        if batch:
+            yield batch
     data = _data_of(buffer)
     if data is not None and data != b"[DONE]":
-        yield _decode(data)
+        yield [_decode(data)]
 
 
 def _data_of(block: bytes) -> bytes | None:

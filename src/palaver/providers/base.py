@@ -11,11 +11,12 @@ from palaver.protocol import Json
 class ChunkStream(Protocol):
     """An open upstream stream whose first chunk has already arrived.
 
-    Iterating yields chunk objects; ``aclose`` releases the upstream connection and must be
-    called however the iteration ends (it cancels the upstream request when ended early).
+    Iterating yields batches of chunk objects, each batch what arrived together. ``aclose``
+    releases the upstream connection and must be called however the iteration ends (it
+    cancels the upstream request when ended early).
     """
 
-    def __aiter__(self) -> AsyncIterator[Json]: ...
+    def __aiter__(self) -> AsyncIterator[list[Json]]: ...
 
     async def aclose(self) -> None: ...
 

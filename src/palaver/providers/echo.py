@@ -74,7 +74,7 @@ class _EchoStream:
     def __init__(self, payload: Json) -> None:
         self._payload = payload
 
-    async def __aiter__(self) -> AsyncIterator[Json]:
+    async def __aiter__(self) -> AsyncIterator[list[Json]]:
         payload = self._payload
         reply = _reply_text(payload)
         n = _choices(payload)
@@ -85,9 +85,9 @@ class _EchoStream:
             "model": payload["model"],
         }
 
-        def chunk(index: int, delta: Json, finish: str | None = None) -> Json:
+        def chunk(index: int, delta: Json, finish: str | None = None) -> list[Json]:
             choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
-            return {**base, "choices": [choice]}
+            return [{**base, "choices": [choice]}]
 
         for index in range(n):
             yield chunk(index, {"role": "assistant", "content": ""})
@@ -96,7 +96,7 @@ class _EchoStream:
             yield chunk(index, {}, "stop")
         options = payload.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage"):
-            yield {**base, "choices": [], "usage": _usage(payload, reply, n)}
+            yield [{**base, "choices": [], "usage": _usage(payload, reply, n)}]
 
     async def aclose(self) -> None:
         return None

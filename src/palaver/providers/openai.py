@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from palaver.config import ProviderSettings
 from palaver.errors import UpstreamError, UpstreamStatus, UpstreamTimeout, UpstreamUnreachable
@@ -20,7 +21,12 @@ MODELS_TIMEOUT = aiohttp.ClientTimeout(total=5)
 def new_session() -> aiohttp.ClientSession:
     """The one pooled HTTP client of a process, shared by every provider."""
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
-    return aiohttp.ClientSession(connector=connector, raise_for_status=False)
+    return aiohttp.ClientSession(
+        connector=connector,
+        raise_for_status=False,
+        cookie_jar=aiohttp.DummyCookieJar(),  # a relay keeps no cookies between clients
+        requote_redirect_url=False,
+    )
 
 
 class OpenAIProvider:
@@ -34,25 +40,30 @@ class OpenAIProvider:
     def __init__(self, settings: ProviderSettings, session: aiohttp.ClientSession) -> None:
         self.name = settings.name
         base = settings.base_url.rstrip("/")
-        self._url = base + "/chat/completions"
-        self._models_url = base + "/models"
+        self._url = URL(base + "/chat/completions")  # parsed once, not per request
+        self._models_url = URL(base + "/models")
         headers = {"Content-Type": "application/json", "User-Agent": "palaver", **settings.headers}
         if settings.api_key:
             headers["Authorization"] = f"Bearer {settings.api_key}"
         self._headers = headers
         self._session = session
         self._first_byte = settings.first_byte_timeout
-        self._timeout = aiohttp.ClientTimeout(
+        # Non-streaming: the answer comes at once, so the read timeout is the first-byte one.
+        self._whole_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.connect_timeout, sock_read=settings.first_byte_timeout
+        )
+        self._stream_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=settings.connect_timeout, sock_read=settings.chunk_timeout
         )
 
     async def complete(self, payload: Json) -> Json:
-        async with self._deadline():
-            response = await self._post(payload)
+        response = await self._post(payload, self._whole_timeout)
         try:
             raw = await response.read()
         except TimeoutError:
-            raise UpstreamTimeout(f"Provider {self.name} stopped sending its answer.") from None
+            raise UpstreamTimeout(
+                f"Provider {self.name} did not answer within {self._first_byte:g} s."
+            ) from None
         except aiohttp.ClientError as exc:
             raise UpstreamUnreachable(f"Provider {self.name} broke off its answer: {exc}") from None
         finally:
@@ -69,7 +80,7 @@ class OpenAIProvider:
         response: aiohttp.ClientResponse | None = None
         try:
             async with self._deadline():
-                response = await self._post(payload)
+                response = await self._post(payload, self._stream_timeout)
                 stream = _Stream(self.name, response)
                 await stream.start()
         except BaseException:
@@ -99,13 +110,17 @@ class OpenAIProvider:
     def _deadline(self) -> _FirstByteDeadline:
         return _FirstByteDeadline(self.name, self._first_byte)
 
-    async def _post(self, payload: Json) -> aiohttp.ClientResponse:
+    async def _post(self, payload: Json, limits: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
         try:
             response = await self._session.post(
-                self._url, data=orjson.dumps(payload), headers=self._headers, timeout=self._timeout
+                self._url, data=orjson.dumps(payload), headers=self._headers, timeout=limits
             )
-        except TimeoutError:
+        except aiohttp.ConnectionTimeoutError:
             raise UpstreamTimeout(f"Provider {self.name} did not accept the connection.") from None
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"Provider {self.name} did not answer within {self._first_byte:g} s."
+            ) from None
         except aiohttp.ClientError as exc:
             raise UpstreamUnreachable(f"Provider {self.name} is unreachable: {exc}") from None
         if response.status >= 400:
@@ -149,7 +164,7 @@ class _Stream:
         self._name = name
         self._response = response
         self._events = parse_events(response.content.iter_any())
-        self._first: Json | None = None
+        self._first: list[Json] | None = None
 
     async def start(self) -> None:
         try:
@@ -159,30 +174,31 @@ class _Stream:
                 f"Provider {self._name} ended its stream before any chunk."
             ) from None
 
-    async def __aiter__(self) -> AsyncIterator[Json]:
+    async def __aiter__(self) -> AsyncIterator[list[Json]]:
         if self._first is not None:
             first, self._first = self._first, None
             yield first
         while True:
             try:
-                chunk = await self._next()
+                batch = await self._next()
             except StopAsyncIteration:
                 return
-            yield chunk
+            yield batch
 
-    async def _next(self) -> Json:
+    async def _next(self) -> list[Json]:
         try:
-            chunk = await anext(self._events)
+            batch = await anext(self._events)
         except TimeoutError:
             raise UpstreamTimeout(f"Provider {self._name} stalled in mid-stream.") from None
         except aiohttp.ClientError as exc:
             raise UpstreamUnreachable(
                 f"Provider {self._name} broke off its stream: {exc}"
             ) from None
-        error = chunk.get("error")
-        if error is not None:
-            raise _stream_error(self._name, error)
-        return chunk
+        for chunk in batch:
+            error = chunk.get("error")
+            if error is not None:
+                raise _stream_error(self._name, error)
+        return batch
 
     async def aclose(self) -> None:
         self._response.close()

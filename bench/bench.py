@@ -1,0 +1,166 @@
+"""``make bench``: palaver against the bare upstream it relays to, measured in one run.
+
+Starts the fast test upstream (``tests/upstream.py``) and ``palaver serve`` (one worker) as
+processes on free loopback ports, drives each with wrk, and prints requests/s, p50 and p99 for
+the upstream directly, palaver non-streaming and palaver streaming, each also as a ratio to the
+direct figure.
+
+    python bench/bench.py [--seconds 8] [--connections 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+sys.path.insert(0, str(ROOT))
+
+from tests.servers import free_port  # noqa: E402
+
+MESSAGES = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Say something about the weather in Paris today, please."},
+]
+
+
+@dataclass
+class Result:
+    name: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def _wait_healthy(url: str, process: subprocess.Popen[bytes], seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{url}: the server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url}: not healthy after {seconds} s")
+
+
+def _millis(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def _wrk(name: str, url: str, body: dict[str, object], seconds: int, connections: int) -> Result:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write('wrk.method = "POST"\n')
+        script.write('wrk.headers["Content-Type"] = "application/json"\n')
+        script.write(f"wrk.body = [[{orjson.dumps(body).decode()}]]\n")
+    command = ["wrk", "-t1", f"-c{connections}", "--latency", "-s", script.name, url]
+    subprocess.run([*command[:-1], "-d2s", url], capture_output=True, check=True)  # warm-up
+    out = subprocess.run(
+        [*command[:-1], f"-d{seconds}s", url], capture_output=True, text=True, check=True
+    ).stdout
+    os.unlink(script.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _millis(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _millis(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    if socket_errors:
+        print(f"  {name}: socket errors: {socket_errors.group(1)}", file=sys.stderr)
+    return Result(name, rps, p50, p99, int(errors.group(1)) if errors else 0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk)")
+
+    up_port, palaver_port = free_port(), free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="palaver-bench-"))
+    config = workdir / "bench.toml"
+    config.write_text(
+        f"""
+[[providers]]
+name = "bench-upstream"
+base_url = "http://127.0.0.1:{up_port}/v1"
+models = ["*"]
+
+[cache]
+enabled = false
+
+[conversations]
+auto_create = false
+path = "{workdir / "bench.sqlite3"}"
+"""
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env.pop("OPENAI_BASE_URL", None)
+    env.pop("OLLAMA_BASE_URL", None)
+    env["PYTHONPATH"] = str(ROOT)
+    servers = [
+        subprocess.Popen(
+            [PYTHON, "-m", "tests.upstream", "--port", str(up_port)], cwd=ROOT, env=env
+        ),
+        subprocess.Popen(
+            [PYTHON, "-m", "palaver", "serve", "--port", str(palaver_port)]
+            + ["--config", str(config), "--log-level", "warning"],  # noqa: RUF005
+            cwd=workdir,
+            env=env,
+        ),
+    ]
+    try:
+        _wait_healthy(f"http://127.0.0.1:{up_port}/v1/models", servers[0])
+        _wait_healthy(f"http://127.0.0.1:{palaver_port}/health", servers[1])
+        plain = {"model": "bench-model", "messages": MESSAGES}
+        streamed = {**plain, "stream": True}
+        up = f"http://127.0.0.1:{up_port}/v1/chat/completions"
+        pal = f"http://127.0.0.1:{palaver_port}/v1/chat/completions"
+        results = [
+            _wrk("upstream direct", up, plain, args.seconds, args.connections),
+            _wrk("palaver non-streaming", pal, plain, args.seconds, args.connections),
+            _wrk("palaver streaming", pal, streamed, args.seconds, args.connections),
+        ]
+    finally:
+        for server in servers:
+            server.send_signal(signal.SIGINT)
+        for server in servers:
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    direct = results[0].rps
+    print(
+        f"\n{os.cpu_count()} cores, wrk -t1 -c{args.connections} -d{args.seconds}s, one worker each"
+    )
+    print(f"{'':24} {'req/s':>9} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    for r in results:
+        ratio = r.rps / direct
+        print(
+            f"{r.name:24} {r.rps:9.0f} {ratio:6.2f}x {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.errors:7d}"
+        )
+    return 1 if any(r.errors for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -27,6 +27,7 @@ import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+PALAVER = [PYTHON, "-m", "palaver", "serve", "--log-level", "warning"]
 sys.path.insert(0, str(ROOT))
 
 from tests.servers import free_port  # noqa: E402
@@ -121,8 +122,7 @@ path = "{workdir / "bench.sqlite3"}"
             [PYTHON, "-m", "tests.upstream", "--port", str(up_port)], cwd=ROOT, env=env
         ),
         subprocess.Popen(
-            [PYTHON, "-m", "palaver", "serve", "--port", str(palaver_port)]
-            + ["--config", str(config), "--log-level", "warning"],  # noqa: RUF005
+            [*PALAVER, "--port", str(palaver_port), "--config", str(config)],
             cwd=workdir,
             env=env,
         ),

@@ -31,7 +31,11 @@ def provider_entry(
 @contextmanager
 def run_palaver(providers: Sequence[dict[str, Any]] = (), **sections: Any) -> Iterator[str]:
     """palaver over loopback with these provider entries and settings sections; yields its URL."""
-    tree: dict[str, Any] = {"providers": list(providers), **sections}
+    tree: dict[str, Any] = {
+        "providers": list(providers),
+        "conversations": {"backend": "memory"},  # tests that want sqlite give a tmp path
+        **sections,
+    }
     with serve(create_app(settings_from(tree))) as url:
         yield url
 

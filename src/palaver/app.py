@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -11,16 +13,20 @@ import aiohttp
 
 from palaver.asgi import ClientDisconnected, Receive, Scope, Send, header, send_error
 from palaver.config import Settings, load_settings
+from palaver.conversation_routes import ConversationHandlers
+from palaver.conversations import Conversations
 from palaver.errors import MethodNotAllowed, NotFound, PalaverError, Unauthorized
 from palaver.providers import build_router, new_session
 from palaver.routes import Handlers
 from palaver.service import ChatService
+from palaver.stores import ConversationStore, open_store
 
 log = logging.getLogger("palaver")
 
 Handler = Callable[[Scope, Receive, Send, str], Awaitable[None]]
 
 PUBLIC_PATHS = frozenset({"/health"})
+PREFIX_ROUTES = ("/v1/conversations", "/conversations")
 
 
 def tenant_of(key: str) -> str:
@@ -31,7 +37,10 @@ def tenant_of(key: str) -> str:
 @dataclass(slots=True)
 class _Runtime:
     session: aiohttp.ClientSession
+    store: ConversationStore
     routes: dict[str, dict[str, Handler]]
+    conversation_routes: Handler
+    sweeper: asyncio.Task[None] | None
 
 
 class Palaver:
@@ -53,9 +62,16 @@ class Palaver:
             await self._lifespan(receive, send)
 
     async def startup(self) -> None:
+        settings = self.settings
+        store = await open_store(settings.conversations)
         session = new_session()
-        router = build_router(self.settings.providers, session)
-        handlers = Handlers(ChatService(router), router, self.settings.server.max_body_bytes)
+        router = build_router(settings.providers, session)
+        conversations = Conversations(store, settings.conversations)
+        max_body = settings.server.max_body_bytes
+        handlers = Handlers(ChatService(router, conversations), router, max_body)
+        conversation_routes = ConversationHandlers(
+            conversations, max_body, settings.conversations.max_messages
+        )
         chat: dict[str, Handler] = {"POST": handlers.chat}
         models: dict[str, Handler] = {"GET": handlers.models}
         routes: dict[str, dict[str, Handler]] = {
@@ -65,7 +81,18 @@ class Palaver:
             "/models": models,
             "/health": {"GET": handlers.health},
         }
-        self._runtime = _Runtime(session, routes)
+        idle_ttl = settings.conversations.idle_ttl_seconds
+        sweeper = None
+        if idle_ttl:
+            sweeper = asyncio.create_task(self._sweep(store, idle_ttl))
+        self._runtime = _Runtime(session, store, routes, conversation_routes, sweeper)
+        log.info(
+            "conversations: %s backend%s",
+            settings.conversations.backend,
+            f" at {settings.conversations.path}"
+            if settings.conversations.backend == "sqlite"
+            else "",
+        )
         if self.settings.providers:
             for provider in self.settings.providers:
                 log.info(
@@ -81,9 +108,24 @@ class Palaver:
             log.info("API keys required: %d configured", len(self._tenants))
 
     async def shutdown(self) -> None:
-        if self._runtime is not None:
-            await self._runtime.session.close()
-            self._runtime = None
+        runtime, self._runtime = self._runtime, None
+        if runtime is not None:
+            if runtime.sweeper is not None:
+                runtime.sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await runtime.sweeper
+            await runtime.session.close()
+            await runtime.store.close()
+
+    async def _sweep(self, store: ConversationStore, idle_ttl: float) -> None:
+        """Remove idle conversations now and then (loads also skip idle ones on their own)."""
+        max_active = self.settings.conversations.max_active
+        while True:
+            await asyncio.sleep(min(idle_ttl, 60.0))
+            try:
+                await store.enforce_limits(max_active, idle_ttl)
+            except Exception:
+                log.exception("sweeping idle conversations failed")
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -126,13 +168,17 @@ class Palaver:
                 path = path.rstrip("/")
                 methods = runtime.routes.get(path)
             method: str = scope["method"]
-            if methods is None:
+            handler: Handler | None
+            if methods is not None:
+                handler = methods.get(method)
+                if handler is None:
+                    raise MethodNotAllowed(f"Method {method} is not allowed on {path}.")
+            elif path.startswith(PREFIX_ROUTES):
+                handler = runtime.conversation_routes
+            else:
                 raise NotFound(
                     f"Unknown request URL: {method} {scope['path']}.", code="unknown_url"
                 )
-            handler = methods.get(method)
-            if handler is None:
-                raise MethodNotAllowed(f"Method {method} is not allowed on {path}.")
             tenant = "" if path in PUBLIC_PATHS else self._authenticate(scope)
             await handler(scope, receive, send, tenant)
         except ClientDisconnected:

@@ -127,3 +127,47 @@ class ChunkNormalizer:
             if choice.setdefault("finish_reason", None) is not None:
                 self._finished.add(index)
         return chunk
+
+
+class ReplyAccumulator:
+    """Rebuilds the first choice's assistant message from its deltas (text and tool calls)."""
+
+    __slots__ = ("_content", "_refusal", "_tool_calls")
+
+    def __init__(self) -> None:
+        self._content: list[str] = []
+        self._refusal: list[str] = []
+        self._tool_calls: dict[int, Json] = {}
+
+    def add(self, chunk: Json) -> None:
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                self._content.append(delta["content"])
+            if delta.get("refusal"):
+                self._refusal.append(delta["refusal"])
+            for call in delta.get("tool_calls") or ():
+                entry = self._tool_calls.setdefault(
+                    call.get("index", 0),
+                    {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+                )
+                if call.get("id"):
+                    entry["id"] = call["id"]
+                function = call.get("function") or {}
+                if function.get("name"):
+                    entry["function"]["name"] += function["name"]
+                if function.get("arguments"):
+                    entry["function"]["arguments"] += function["arguments"]
+
+    def message(self) -> Json:
+        message: Json = {
+            "role": "assistant",
+            "content": "".join(self._content) if self._content or not self._tool_calls else None,
+        }
+        if self._tool_calls:
+            message["tool_calls"] = [self._tool_calls[i] for i in sorted(self._tool_calls)]
+        if self._refusal:
+            message["refusal"] = "".join(self._refusal)
+        return message

@@ -1,0 +1,113 @@
+"""History merge, as pure functions: what to send upstream and what to store for one turn.
+
+A client may send only its new messages, or the whole transcript it holds (or any tail of it).
+The last stored message marks the seam: if the request contains it, everything after its last
+occurrence is new, and the stored messages the request does not repeat are put before it;
+otherwise the whole request is new and the stored history is put before it. A system message
+identical to a stored one is neither stored nor sent twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from palaver.priority import arrange, is_instruction, trim
+from palaver.protocol import Message
+
+
+def _content_key(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" for p in content
+    ):
+        return "".join(str(p.get("text", "")) for p in content)
+    return orjson.dumps(content, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def message_key(message: Message) -> tuple[Any, ...]:
+    """What makes two messages the same turn, whatever optional fields a client adds."""
+    calls = tuple(
+        (
+            call.get("id"),
+            (call.get("function") or {}).get("name"),
+            (call.get("function") or {}).get("arguments"),
+        )
+        for call in message.get("tool_calls") or ()
+        if isinstance(call, dict)
+    )
+    return (
+        message.get("role"),
+        _content_key(message.get("content")),
+        calls,
+        message.get("tool_call_id"),
+        message.get("name"),
+    )
+
+
+@dataclass(slots=True)
+class Merge:
+    sent: list[Message]  # what goes upstream, instructions first
+    new: list[Message]  # what this turn adds to the stored history (before the reply)
+
+
+def merge(history: Sequence[Message], request: list[Message], max_messages: int) -> Merge:
+    """Combine the stored ``history`` with a request's messages."""
+    if not history:
+        return Merge(arrange(request), _without_repeats(request, set()))
+    history_keys = [message_key(m) for m in history]
+    request_keys = [message_key(m) for m in request]
+    stored_instructions = {
+        k for k, m in zip(history_keys, history, strict=True) if is_instruction(m)
+    }
+    seam = _last_index(request_keys, history_keys[-1])
+    if seam is None:
+        before = list(history)
+        new = _without_repeats(request, stored_instructions)
+        outgoing = [
+            m for m in request if not (is_instruction(m) and message_key(m) in stored_instructions)
+        ]
+    else:
+        covered = _covered(history_keys, request_keys[: seam + 1])
+        before = list(history[: len(history) - covered])
+        head = [m for m in request[: seam + 1] if is_instruction(m)]
+        new = _without_repeats(head + request[seam + 1 :], stored_instructions)
+        outgoing = request
+    sent = trim(before + outgoing, max_messages, protect_from=len(before))
+    return Merge(arrange(sent), new)
+
+
+def _last_index(keys: list[tuple[Any, ...]], wanted: tuple[Any, ...]) -> int | None:
+    for index in range(len(keys) - 1, -1, -1):
+        if keys[index] == wanted:
+            return index
+    return None
+
+
+def _covered(history_keys: list[tuple[Any, ...]], repeated: list[tuple[Any, ...]]) -> int:
+    """How many of the newest stored messages the request repeats (as a subsequence)."""
+    position = len(history_keys) - 1
+    for key in reversed(repeated):
+        if position >= 0 and key == history_keys[position]:
+            position -= 1
+    return len(history_keys) - 1 - position
+
+
+def _without_repeats(messages: list[Message], stored: set[tuple[Any, ...]]) -> list[Message]:
+    """Drop instructions already stored (or repeated within ``messages``)."""
+    seen = set(stored)
+    kept: list[Message] = []
+    for message in messages:
+        if is_instruction(message):
+            key = message_key(message)
+            if key in seen:
+                continue
+            seen.add(key)
+        kept.append(message)
+    return kept

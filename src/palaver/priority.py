@@ -1,0 +1,96 @@
+"""Instruction priority, system > user > assistant, as small pure functions.
+
+- ``arrange``: system and developer messages first, in their order; the dialogue after them
+  keeps its order.
+- ``keep``: which messages survive a cap. Messages are dropped oldest first by class: assistant
+  and tool messages before user messages, user messages before system ones. The newest user
+  message and everything after it are never dropped, nor anything from ``protect_from`` on
+  (the request's own messages). An assistant message with ``tool_calls`` and the tool results
+  that answer it go together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from palaver.protocol import Message
+
+INSTRUCTION_ROLES = frozenset({"system", "developer"})
+_RANK = {"system": 2, "developer": 2, "user": 1}  # everything else (assistant, tool): 0
+
+
+def is_instruction(message: Message) -> bool:
+    return message.get("role") in INSTRUCTION_ROLES
+
+
+def arrange(messages: list[Message]) -> list[Message]:
+    """System and developer messages first; the list itself when already so."""
+    seen_dialogue = False
+    for message in messages:
+        if is_instruction(message):
+            if seen_dialogue:
+                break
+        else:
+            seen_dialogue = True
+    else:
+        return messages
+    return [m for m in messages if is_instruction(m)] + [
+        m for m in messages if not is_instruction(m)
+    ]
+
+
+def _units(messages: Sequence[Message]) -> list[list[int]]:
+    """Indices grouped into units that are kept or dropped whole."""
+    units: list[list[int]] = []
+    open_calls: dict[str, list[int]] = {}
+    for index, message in enumerate(messages):
+        role = message.get("role")
+        if role == "tool":
+            unit = open_calls.get(str(message.get("tool_call_id")))
+            if unit is not None:
+                unit.append(index)
+                continue
+        unit = [index]
+        units.append(unit)
+        if role == "assistant":
+            for call in message.get("tool_calls") or ():
+                if isinstance(call, dict) and "id" in call:
+                    open_calls[str(call["id"])] = unit
+    return units
+
+
+def newest_user_index(messages: Sequence[Message]) -> int:
+    for index in range(len(messages) - 1, -1, -1):
+        if messages[index].get("role") == "user":
+            return index
+    return len(messages)
+
+
+def keep(messages: Sequence[Message], limit: int, protect_from: int | None = None) -> list[int]:
+    """The indices of the messages that stay under ``limit``, in order."""
+    if len(messages) <= limit:
+        return list(range(len(messages)))
+    floor = newest_user_index(messages)
+    if protect_from is not None:
+        floor = min(floor, protect_from)
+    candidates = [
+        (_RANK.get(messages[unit[0]].get("role", ""), 0), unit[0], unit)
+        for unit in _units(messages)
+        if unit[-1] < floor
+    ]
+    candidates.sort(key=lambda c: (c[0], c[1]))
+    dropped: set[int] = set()
+    excess = len(messages) - limit
+    for _, _, unit in candidates:
+        if excess <= 0:
+            break
+        dropped.update(unit)
+        excess -= len(unit)
+    return [i for i in range(len(messages)) if i not in dropped]
+
+
+def trim(messages: list[Message], limit: int, protect_from: int | None = None) -> list[Message]:
+    kept = keep(messages, limit, protect_from)
+    if len(kept) == len(messages):
+        return messages
+    return [messages[i] for i in kept]

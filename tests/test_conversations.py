@@ -1,0 +1,390 @@
+"""Conversations end to end through the openai SDK, with the loopback upstream recording."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import openai
+import pytest
+
+from tests.conftest import provider_entry, run_palaver, run_upstream
+from tests.upstream import Upstream
+
+SYSTEM = {"role": "system", "content": "You are terse."}
+
+
+def client_for(url: str, key: str = "k") -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=20)
+
+
+@pytest.fixture
+def sqlite_palaver(upstream: Upstream, tmp_path: Path) -> Iterator[str]:
+    conversations = {"backend": "sqlite", "path": str(tmp_path / "c.sqlite3")}
+    with run_palaver([provider_entry(upstream)], conversations=conversations) as url:
+        yield url
+
+
+def ask(client: openai.OpenAI, conversation: str, messages: list[Any], **extra: Any) -> Any:
+    return client.chat.completions.create(
+        model="m", messages=messages, extra_body={"conversation": conversation, **extra}
+    )
+
+
+def texts(items: Any) -> list[str]:
+    """The text of each message item (the SDK types items as a wide union)."""
+    return [item.content[0].text for item in items]
+
+
+def sent_texts(upstream: Upstream, request: int = -1) -> list[str]:
+    return [m["content"] for m in upstream.chat_requests[request].body["messages"]]
+
+
+def test_client_sending_only_new_messages(sqlite_palaver: str, upstream: Upstream) -> None:
+    with client_for(sqlite_palaver) as client:
+        first = ask(client, "trip", [SYSTEM, {"role": "user", "content": "Paris?"}])
+        assert first.choices[0].message.content == "[up1] Paris?"
+        assert first.model_extra is not None
+        assert first.model_extra["conversation"] == "trip"
+        ask(client, "trip", [{"role": "user", "content": "And Rome?"}])
+        third = client.chat.completions.with_raw_response.create(
+            model="m",
+            messages=[{"role": "user", "content": "Which is bigger?"}],
+            extra_headers={"X-Conversation-Id": "trip"},
+        )
+    assert third.headers["x-conversation-id"] == "trip"
+    assert sent_texts(upstream) == [
+        "You are terse.",
+        "Paris?",
+        "[up1] Paris?",
+        "And Rome?",
+        "[up1] And Rome?",
+        "Which is bigger?",
+    ]
+    assert "conversation" not in upstream.chat_requests[-1].body
+
+
+def test_client_sending_whole_transcript(sqlite_palaver: str, upstream: Upstream) -> None:
+    transcript: list[Any] = [SYSTEM]
+    with client_for(sqlite_palaver) as client:
+        for question in ["one", "two", "three"]:
+            transcript.append({"role": "user", "content": question})
+            reply = ask(client, "whole", transcript)
+            transcript.append({"role": "assistant", "content": reply.choices[0].message.content})
+        items = list(client.conversations.items.list("whole"))
+    assert sent_texts(upstream) == [m["content"] for m in transcript[:-1]]
+    assert texts(items) == [m["content"] for m in transcript]  # nothing stored twice
+
+
+def test_streaming_turns_are_stored_with_tool_calls(
+    sqlite_palaver: str, upstream: Upstream
+) -> None:
+    tools: Any = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    with client_for(sqlite_palaver) as client:
+        stream = client.chat.completions.with_raw_response.create(
+            model="m",
+            messages=[{"role": "user", "content": "weather?"}],
+            tools=tools,
+            stream=True,
+            extra_body={"conversation": "tools"},
+        )
+        assert stream.headers["x-conversation-id"] == "tools"
+        list(stream.parse())
+        follow_up: Any = [{"role": "tool", "tool_call_id": "call_0", "content": "sunny"}]
+        list(
+            client.chat.completions.create(
+                model="m", messages=follow_up, stream=True, extra_body={"conversation": "tools"}
+            )
+        )
+        items = list(client.conversations.items.list("tools"))
+    stored = upstream.chat_requests[-1].body["messages"]
+    assert stored[1]["tool_calls"][0]["function"] == {
+        "name": "get_weather",
+        "arguments": '{"city": "Paris"}',
+    }
+    assert stored[2] == {"role": "tool", "tool_call_id": "call_0", "content": "sunny"}
+    assert [item.type for item in items] == [
+        "message",
+        "function_call",
+        "function_call_output",
+        "message",
+    ]
+
+
+def test_auto_create_and_continue(palaver_url: str, upstream: Upstream) -> None:
+    with client_for(palaver_url) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="m", messages=[{"role": "user", "content": "hi"}]
+        )
+        conversation = raw.headers["x-conversation-id"]
+        assert conversation.startswith("conv_")
+        assert raw.parse().model_extra == {"conversation": conversation}
+        ask(client, conversation, [{"role": "user", "content": "again"}])
+    assert sent_texts(upstream) == ["hi", "[up1] hi", "again"]
+
+
+def test_no_auto_create_means_no_conversation(upstream: Upstream) -> None:
+    settings = {"backend": "memory", "auto_create": False}
+    with run_palaver([provider_entry(upstream)], conversations=settings) as url:
+        response = httpx.post(
+            url + "/v1/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        )
+    assert "x-conversation-id" not in response.headers
+    assert "conversation" not in response.json()
+
+
+def test_sdk_conversation_calls(palaver_url: str, upstream: Upstream) -> None:
+    with client_for(palaver_url) as client:
+        created = client.conversations.create(
+            items=[{"type": "message", "role": "system", "content": "Answer in French."}],
+            metadata={"topic": "demo"},
+        )
+        assert created.object == "conversation"
+        assert created.metadata == {"topic": "demo"}
+        added = client.conversations.items.create(
+            created.id, items=[{"type": "message", "role": "user", "content": "Bonjour"}]
+        )
+        assert [item.role for item in added.data] == ["user"]  # type: ignore[union-attr]
+        ask(client, created.id, [{"role": "user", "content": "Ça va?"}])
+        assert sent_texts(upstream) == ["Answer in French.", "Bonjour", "Ça va?"]
+        retrieved = client.conversations.retrieve(created.id)
+        assert retrieved.id == created.id
+        assert retrieved.model_extra is not None
+        assert retrieved.model_extra["message_count"] == 4
+        items = client.conversations.items.list(created.id, limit=2)
+        assert [i.role for i in items.data] == ["system", "user"]  # type: ignore[union-attr]
+        assert items.has_more
+        everything = list(client.conversations.items.list(created.id, limit=2))
+        assert [i.role for i in everything] == ["system", "user", "user", "assistant"]  # type: ignore[union-attr]
+        newest = client.conversations.items.list(created.id, order="desc", limit=1)
+        assert texts(newest.data) == ["[up1] Ça va?"]
+        one = client.conversations.items.retrieve(str(everything[1].id), conversation_id=created.id)
+        assert one.id == everything[1].id
+        client.conversations.update(created.id, metadata={"topic": "changed"})
+        assert client.conversations.retrieve(created.id).metadata == {"topic": "changed"}
+        deleted = client.conversations.delete(created.id)
+        assert deleted.deleted
+        assert deleted.id == created.id
+        with pytest.raises(openai.NotFoundError):
+            client.conversations.retrieve(created.id)
+        with pytest.raises(openai.NotFoundError):
+            client.conversations.items.list("conv_missing").data  # noqa: B018
+
+
+def test_listing_conversations_newest_first(palaver_url: str) -> None:
+    with client_for(palaver_url) as client:
+        ids = [client.conversations.create().id for _ in range(5)]
+        ask(client, ids[0], [{"role": "user", "content": "x"}])
+        first = httpx.get(palaver_url + "/v1/conversations", params={"limit": 3}).json()
+        assert [c["id"] for c in first["data"]] == ids[::-1][:3]
+        assert first["has_more"] is True
+        rest = httpx.get(
+            palaver_url + "/v1/conversations", params={"limit": 3, "after": first["last_id"]}
+        ).json()
+        assert [c["id"] for c in rest["data"]] == ids[::-1][3:]
+        assert rest["has_more"] is False
+        counts = {c["id"]: c["message_count"] for c in first["data"] + rest["data"]}
+        assert counts[ids[0]] == 2
+        assert {"created_at", "updated_at"} <= set(rest["data"][0])
+
+
+def test_bad_conversation_input(palaver_url: str, upstream: Upstream) -> None:
+    chat = palaver_url + "/v1/chat/completions"
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    cases = [
+        (httpx.post(chat, json={**body, "conversation": "no spaces"}), 400, "conversation"),
+        (httpx.post(chat, json=body, headers={"x-conversation-id": "bad/id"}), 400, "conversation"),
+        (
+            httpx.post(
+                chat, json={**body, "conversation": "a"}, headers={"x-conversation-id": "b"}
+            ),
+            400,
+            "conversation",
+        ),
+        (httpx.post(palaver_url + "/v1/conversations", content=b"{"), 400, None),
+        (
+            httpx.post(palaver_url + "/v1/conversations", json={"metadata": {"a": 1}}),
+            400,
+            "metadata.a",
+        ),
+        (
+            httpx.post(palaver_url + "/v1/conversations", json={"items": [{"type": "x"}]}),
+            400,
+            "items[0].type",
+        ),
+        (httpx.get(palaver_url + "/v1/conversations", params={"limit": 0}), 400, "limit"),
+        (httpx.put(palaver_url + "/v1/conversations/abc"), 405, None),
+    ]
+    for response, status, param in cases:
+        assert response.status_code == status, response.text
+        assert response.json()["error"]["param"] == param
+    assert upstream.requests == []
+
+
+def test_cap_keeps_priority_order(upstream: Upstream) -> None:
+    settings = {"backend": "memory", "max_messages": 4}
+    with (
+        run_palaver([provider_entry(upstream)], conversations=settings) as url,
+        client_for(url) as c,
+    ):
+        ask(c, "capped", [SYSTEM, {"role": "user", "content": "u1"}])
+        ask(c, "capped", [{"role": "user", "content": "u2"}])
+        ask(c, "capped", [{"role": "user", "content": "u3"}])
+        items = list(c.conversations.items.list("capped"))
+    # assistants went first, then the oldest user message; the system message stayed
+    assert texts(items) == ["You are terse.", "u2", "u3", "[up1] u3"]
+    # what went upstream for u3: capped at 4, the assistant reply dropped before any user turn
+    assert sent_texts(upstream) == ["You are terse.", "u1", "u2", "u3"]
+
+
+def test_least_recently_used_conversations_are_removed(upstream: Upstream) -> None:
+    settings = {"backend": "memory", "max_active": 3}
+    with (
+        run_palaver([provider_entry(upstream)], conversations=settings) as url,
+        client_for(url) as c,
+    ):
+        for name in ["c1", "c2", "c3"]:
+            ask(c, name, [{"role": "user", "content": name}])
+        ask(c, "c1", [{"role": "user", "content": "still here"}])  # c1 used again: c2 is oldest
+        ask(c, "c4", [{"role": "user", "content": "c4"}])
+        with pytest.raises(openai.NotFoundError):
+            c.conversations.retrieve("c2")
+        for name in ["c1", "c3", "c4"]:
+            assert c.conversations.retrieve(name).id == name
+
+
+def test_restart_with_sqlite_loses_nothing(upstream: Upstream, tmp_path: Path) -> None:
+    settings = {"backend": "sqlite", "path": str(tmp_path / "restart.sqlite3")}
+    with (
+        run_palaver([provider_entry(upstream)], conversations=settings) as url,
+        client_for(url) as c,
+    ):
+        ask(c, "durable", [{"role": "user", "content": "before restart"}])
+    with (
+        run_palaver([provider_entry(upstream)], conversations=settings) as url,
+        client_for(url) as c,
+    ):
+        ask(c, "durable", [{"role": "user", "content": "after restart"}])
+        items = list(c.conversations.items.list("durable"))
+    assert sent_texts(upstream) == ["before restart", "[up1] before restart", "after restart"]
+    assert len(items) == 4
+
+
+async def test_twenty_concurrent_turns_lose_nothing(
+    sqlite_palaver: str, upstream: Upstream
+) -> None:
+    async with openai.AsyncOpenAI(base_url=sqlite_palaver + "/v1", api_key="k", max_retries=0) as c:
+
+        async def turn(n: int) -> None:
+            messages: Any = [{"role": "user", "content": f"q{n}"}]
+            extra = {"conversation": "busy"}
+            if n % 2:
+                await c.chat.completions.create(model="m", messages=messages, extra_body=extra)
+                return
+            stream = await c.chat.completions.create(
+                model="m", messages=messages, extra_body=extra, stream=True
+            )
+            async for _ in stream:
+                pass
+
+        await asyncio.gather(*(turn(n) for n in range(20)))
+        items = [item async for item in c.conversations.items.list("busy", limit=100)]
+    stored = texts(items)
+    assert len(stored) == 40
+    for n in range(20):
+        assert stored.index(f"[up1] q{n}") == stored.index(f"q{n}") + 1
+
+
+def test_two_keys_are_isolated(upstream: Upstream) -> None:
+    server = {"api_keys": ["sk-alice", "sk-bob"]}
+    with run_palaver([provider_entry(upstream)], server=server) as url:
+        with client_for(url, "sk-alice") as alice:
+            ask(alice, "private", [{"role": "user", "content": "my secret"}])
+            mine = alice.conversations.create()
+        with client_for(url, "sk-bob") as bob:
+            for call in (
+                lambda: ask(bob, "private", [{"role": "user", "content": "tell me"}]),
+                lambda: bob.conversations.retrieve("private"),
+                lambda: bob.conversations.items.list("private"),
+                lambda: bob.conversations.delete(mine.id),
+                lambda: bob.conversations.items.create(
+                    mine.id, items=[{"type": "message", "role": "user", "content": "x"}]
+                ),
+            ):
+                with pytest.raises(openai.NotFoundError):
+                    call()
+            listed = httpx.get(
+                url + "/v1/conversations", headers={"authorization": "Bearer sk-bob"}
+            )
+            assert listed.json()["data"] == []
+        with client_for(url, "sk-alice") as alice:
+            assert len(list(alice.conversations.items.list("private"))) == 2
+    assert all("my secret" not in str(r.body) for r in upstream.chat_requests[1:])
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    [{"status": 500}, {"status": 400}, {"cut_after": 3}, {"hang": True}],
+    ids=["5xx", "4xx", "cut-stream", "timeout"],
+)
+def test_failures_store_nothing(
+    upstream: Upstream, tmp_path: Path, behaviour: dict[str, Any]
+) -> None:
+    settings = {"backend": "sqlite", "path": str(tmp_path / "f.sqlite3")}
+    entry = provider_entry(upstream, first_byte_timeout=0.5)
+    with run_palaver([entry], conversations=settings) as url, client_for(url) as c:
+        ask(c, "steady", [{"role": "user", "content": "kept"}])
+        upstream.behave(**behaviour)
+        with pytest.raises(openai.APIError):  # a stream error event raises too
+            list(
+                c.chat.completions.create(
+                    model="m",
+                    messages=[{"role": "user", "content": "lost"}],
+                    stream=True,
+                    extra_body={"conversation": "steady"},
+                )
+            )
+        if "cut_after" not in behaviour:  # a cut only happens to streams
+            with pytest.raises(openai.APIError):
+                ask(c, "steady", [{"role": "user", "content": "lost too"}])
+        upstream.behave()
+        items = list(c.conversations.items.list("steady"))
+    assert texts(items) == ["kept", "[up1] kept"]
+
+
+def test_client_dropping_a_stream_stores_nothing(sqlite_palaver: str, upstream: Upstream) -> None:
+    with client_for(sqlite_palaver) as c:
+        ask(c, "dropped", [{"role": "user", "content": "kept"}])
+        upstream.behave(chunk_delay=0.3)
+        stream = c.chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": "abandoned halfway"}],
+            stream=True,
+            extra_body={"conversation": "dropped"},
+        )
+        next(iter(stream))
+        stream.close()
+        upstream.behave()
+        import time
+
+        time.sleep(0.5)
+        items = list(c.conversations.items.list("dropped"))
+    assert len(items) == 2
+
+
+def test_failed_conversation_turn_on_unknown_model_creates_nothing(sqlite_palaver: str) -> None:
+    with run_upstream("only") as only:
+        entry = provider_entry(only, ["only-model"])
+        with run_palaver([entry]) as url, client_for(url) as c:
+            with pytest.raises(openai.NotFoundError):
+                c.chat.completions.create(
+                    model="other",
+                    messages=[{"role": "user", "content": "x"}],
+                    extra_body={"conversation": "ghost"},
+                )
+            with pytest.raises(openai.NotFoundError):
+                c.conversations.retrieve("ghost")

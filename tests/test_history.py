@@ -1,0 +1,72 @@
+"""History merge: only-new clients, whole-transcript clients, tails, repeated system messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from palaver.history import merge, message_key
+
+Message = dict[str, Any]
+S: Message = {"role": "system", "content": "be brief"}
+U1: Message = {"role": "user", "content": "one"}
+A1: Message = {"role": "assistant", "content": "1"}
+U2: Message = {"role": "user", "content": "two"}
+A2: Message = {"role": "assistant", "content": "2"}
+U3: Message = {"role": "user", "content": "three"}
+
+
+def test_empty_history() -> None:
+    merged = merge([], [S, U1], 50)
+    assert merged.sent == [S, U1]
+    assert merged.new == [S, U1]
+
+
+def test_only_new_messages() -> None:
+    merged = merge([S, U1, A1], [U2], 50)
+    assert merged.sent == [S, U1, A1, U2]
+    assert merged.new == [U2]
+
+
+def test_whole_transcript_is_not_doubled() -> None:
+    merged = merge([S, U1, A1, U2, A2], [S, U1, A1, U2, A2, U3], 50)
+    assert merged.sent == [S, U1, A1, U2, A2, U3]
+    assert merged.new == [U3]
+
+
+def test_whole_transcript_after_history_was_trimmed() -> None:
+    merged = merge([S, U2, A2], [S, U1, A1, U2, A2, U3], 50)
+    assert merged.sent == [S, U1, A1, U2, A2, U3]
+    assert merged.new == [U3]
+
+
+def test_a_tail_of_the_transcript() -> None:
+    merged = merge([S, U1, A1, U2, A2], [U2, A2, U3], 50)
+    assert merged.sent == [S, U1, A1, U2, A2, U3]
+    assert merged.new == [U3]
+
+
+def test_repeated_system_message_is_not_duplicated() -> None:
+    merged = merge([S, U1, A1], [S, U2], 50)
+    assert merged.sent == [S, U1, A1, U2]
+    assert merged.new == [U2]
+
+
+def test_a_new_system_message_goes_first_and_is_stored() -> None:
+    other = {"role": "system", "content": "speak French"}
+    merged = merge([S, U1, A1], [other, U2], 50)
+    assert merged.sent == [S, other, U1, A1, U2]
+    assert merged.new == [other, U2]
+
+
+def test_assistant_reply_matches_whatever_optional_fields() -> None:
+    stored = {"role": "assistant", "content": "1"}
+    echoed = {"role": "assistant", "content": [{"type": "text", "text": "1"}], "refusal": None}
+    assert message_key(stored) == message_key(echoed)
+
+
+def test_sent_history_is_trimmed_but_request_kept_whole() -> None:
+    history = [S, U1, A1, U2, A2]
+    merged = merge(history, [U3, {"role": "assistant", "content": "example"}], 4)
+    assert merged.sent[0] == S
+    assert merged.sent[-2:] == [U3, {"role": "assistant", "content": "example"}]
+    assert len(merged.sent) == 4

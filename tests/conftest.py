@@ -34,6 +34,7 @@ def run_palaver(providers: Sequence[dict[str, Any]] = (), **sections: Any) -> It
     tree: dict[str, Any] = {
         "providers": list(providers),
         "conversations": {"backend": "memory"},  # tests that want sqlite give a tmp path
+        "cache": {"enabled": False},  # relay tests count upstream calls; cache tests enable it
         **sections,
     }
     with serve(create_app(settings_from(tree))) as url:

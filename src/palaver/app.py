@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from palaver.asgi import ClientDisconnected, Receive, Scope, Send, header, send_error
+from palaver.cache import MemoryCache
 from palaver.config import Settings, load_settings
 from palaver.conversation_routes import ConversationHandlers
 from palaver.conversations import Conversations
@@ -68,7 +69,14 @@ class Palaver:
         router = build_router(settings.providers, session)
         conversations = Conversations(store, settings.conversations)
         max_body = settings.server.max_body_bytes
-        handlers = Handlers(ChatService(router, conversations), router, max_body)
+        cache = (
+            MemoryCache(
+                settings.cache.ttl_seconds, settings.cache.max_entries, settings.cache.max_bytes
+            )
+            if settings.cache.enabled
+            else None
+        )
+        handlers = Handlers(ChatService(router, conversations, cache), router, max_body)
         conversation_routes = ConversationHandlers(
             conversations, max_body, settings.conversations.max_messages
         )

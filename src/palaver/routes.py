@@ -43,7 +43,13 @@ class Handlers:
         _check_json(scope)
         body = await read_body(scope, receive, self._max_body)
         request, payload = parse_chat_request(body)
-        call = ChatCall(request, payload, tenant, header(scope, b"x-conversation-id"))
+        call = ChatCall(
+            request,
+            payload,
+            tenant,
+            header(scope, b"x-conversation-id"),
+            header(scope, b"cache-control"),
+        )
         if not request.stream:
             async with CancelOnDisconnect(receive):
                 reply = await self._service.complete(call)

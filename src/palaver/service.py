@@ -12,23 +12,25 @@ import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+import orjson
+
+from palaver.cache import CacheBackend, Policy, cache_key, policy_of
 from palaver.conversations import Conversations, Turn, reply_message
-from palaver.errors import PalaverError, UpstreamUnreachable
+from palaver.errors import PalaverError
+from palaver.flights import Flight, Flights
 from palaver.priority import arrange
-from palaver.protocol import ChatRequest, Json, Message
-from palaver.providers import ChunkStream, ProviderRouter
-from palaver.streaming import (
-    DONE,
-    ChunkNormalizer,
-    ReplyAccumulator,
-    encode_event,
-    error_event,
-)
+from palaver.protocol import ChatRequest, Json, completion_id, now
+from palaver.providers import ProviderRouter
+from palaver.streaming import DONE, encode_event, error_event, replay_chunks
 
 log = logging.getLogger("palaver.service")
 
 Headers = list[tuple[bytes, bytes]]
-Finish = Callable[[Message], Awaitable[None]]
+Finish = Callable[[Json], Awaitable[None]]  # stores a turn, given the completion
+
+HIT = (b"x-cache", b"HIT")
+MISS = (b"x-cache", b"MISS")
+BYPASS = (b"x-cache", b"BYPASS")
 
 
 @dataclass(slots=True)
@@ -39,6 +41,12 @@ class ChatCall:
     payload: Json  # what goes upstream: the client's JSON less palaver's extension fields
     tenant: str  # who is asking ("" when palaver runs without API keys)
     conversation_header: bytes | None = None  # X-Conversation-Id, as sent
+    cache_control: bytes | None = None  # Cache-Control, as sent
+
+    @property
+    def include_usage(self) -> bool:
+        options = self.request.stream_options
+        return bool(options is not None and options.include_usage)
 
 
 @dataclass(slots=True)
@@ -49,16 +57,37 @@ class ChatReply:
 
 @dataclass(slots=True)
 class ChatStream:
-    """A stream whose first upstream chunk has arrived: ``events`` yields SSE bytes."""
+    """A stream whose first chunk is ready: ``events`` yields SSE bytes."""
 
     events: AsyncGenerator[bytes, None]
     headers: Headers = field(default_factory=list)
 
 
+def _fresh(completion: Json) -> Json:
+    """A copy to hand out: its own id and time when it was not made for this request."""
+    return {**completion, "id": completion_id(), "created": now()}
+
+
+def _first_message(completion: Json) -> Json | None:
+    choices = completion.get("choices") or []
+    first = choices[0] if choices and isinstance(choices[0], dict) else {}
+    message = first.get("message")
+    return message if isinstance(message, dict) else None
+
+
 class ChatService:
-    def __init__(self, router: ProviderRouter, conversations: Conversations) -> None:
+    def __init__(
+        self,
+        router: ProviderRouter,
+        conversations: Conversations,
+        cache: CacheBackend | None,
+    ) -> None:
         self._router = router
         self._conversations = conversations
+        self._cache = cache
+        self._flights = Flights(router, cache)
+
+    # -- stages ----------------------------------------------------------------------------
 
     async def _begin(self, call: ChatCall) -> Turn | None:
         turn = await self._conversations.begin(
@@ -68,59 +97,102 @@ class ChatService:
             call.payload["messages"] = arrange(call.payload["messages"])
         return turn
 
+    def _policy(self, call: ChatCall) -> tuple[Policy, str] | None:
+        if self._cache is None:
+            return None
+        policy = policy_of(call.cache_control)
+        return None if policy is None else (policy, cache_key(call.tenant, call.payload))
+
+    async def _lookup(self, policy: Policy, key: str) -> Json | None:
+        if not policy.lookup or self._cache is None:
+            return None
+        raw = await self._cache.get(key)
+        return None if raw is None else _fresh(orjson.loads(raw))
+
+    def _board(
+        self, call: ChatCall, streaming: bool, cached: tuple[Policy, str] | None
+    ) -> tuple[Flight, bool]:
+        policy, key = cached if cached is not None else (None, None)
+        return self._flights.board(
+            call.request.model,
+            call.payload,
+            streaming=streaming,
+            share=key if policy is not None and policy.lookup else None,
+            store=key if policy is not None and policy.store else None,
+        )
+
+    def _finisher(self, turn: Turn | None) -> Finish | None:
+        if turn is None:
+            return None
+        conversations = self._conversations
+
+        async def finish(completion: Json) -> None:
+            message = _first_message(completion)
+            if message is not None:
+                await conversations.commit(turn, reply_message(message))
+
+        return finish
+
+    # -- non-streaming ---------------------------------------------------------------------
+
     async def complete(self, call: ChatCall) -> ChatReply:
         turn = await self._begin(call)
-        body = await self._router.complete(call.request.model, call.payload)
-        if turn is None:
-            return ChatReply(body)
-        choices = body["choices"]
-        first = choices[0] if choices and isinstance(choices[0], dict) else {}
-        message = first.get("message")
-        if isinstance(message, dict):
-            await self._conversations.commit(turn, reply_message(message))
-        body["conversation"] = turn.conversation_id
-        return ChatReply(body, [(b"x-conversation-id", turn.conversation_id.encode())])
+        cached = self._policy(call)
+        body: Json | None = None
+        if cached is None:
+            body, status = await self._router.complete(call.request.model, call.payload), BYPASS
+        else:
+            body, status = await self._lookup(*cached), HIT
+        if body is None:
+            flight, leads = self._board(call, False, cached)
+            flight.join()
+            try:
+                completion = await flight.result()
+            finally:
+                flight.leave()
+            body, status = ({**completion}, MISS) if leads else (_fresh(completion), HIT)
+        headers = [status]
+        finish = self._finisher(turn)
+        if turn is not None and finish is not None:
+            await finish(body)
+            body["conversation"] = turn.conversation_id
+            headers.append((b"x-conversation-id", turn.conversation_id.encode()))
+        return ChatReply(body, headers)
+
+    # -- streaming -------------------------------------------------------------------------
 
     async def stream(self, call: ChatCall) -> ChatStream:
         turn = await self._begin(call)
-        upstream = await self._router.open_stream(call.request.model, call.payload)
-        options = call.request.stream_options
-        normalize = ChunkNormalizer(
-            model=call.request.model,
-            include_usage=bool(options is not None and options.include_usage),
-        )
-        if turn is None:
-            return ChatStream(_relay(upstream, normalize, None))
-        conversations = self._conversations
+        finish = self._finisher(turn)
+        headers: Headers = []
+        if turn is not None:
+            headers.append((b"x-conversation-id", turn.conversation_id.encode()))
+        cached = self._policy(call)
+        hit = None if cached is None else await self._lookup(*cached)
+        if hit is not None:
+            headers.append(HIT)
+            return ChatStream(_replay(hit, call.include_usage, finish), headers)
+        flight, leads = self._board(call, True, cached)
+        flight.join()
+        try:
+            await flight.started()
+        except BaseException:
+            flight.leave()
+            raise
+        headers.append(BYPASS if cached is None else MISS if leads else HIT)
+        return ChatStream(_follow(flight, call.include_usage, finish), headers)
 
-        async def finish(reply: Message) -> None:
-            await conversations.commit(turn, reply_message(reply))
 
-        headers = [(b"x-conversation-id", turn.conversation_id.encode())]
-        return ChatStream(_relay(upstream, normalize, finish), headers)
-
-
-async def _relay(
-    upstream: ChunkStream, normalize: ChunkNormalizer, finish: Finish | None
+async def _follow(
+    flight: Flight, include_usage: bool, finish: Finish | None
 ) -> AsyncGenerator[bytes, None]:
-    """Relay chunks; a failure after the first one ends the stream with an error event.
-    ``finish`` gets the reply once the stream is complete, before ``[DONE]``."""
-    reply = ReplyAccumulator() if finish is not None else None
+    """Relay a flight; a failure after the first chunk ends the stream with an error event.
+    ``finish`` stores the turn once the stream is complete, before ``[DONE]``."""
     try:
-        async for batch in upstream:
-            events = []
-            for chunk in batch:
-                out = normalize(chunk)
-                if out is not None:
-                    if reply is not None:
-                        reply.add(out)
-                    events.append(encode_event(out))
-            if events:
-                yield events[0] if len(events) == 1 else b"".join(events)
-        if not normalize.complete:
-            raise UpstreamUnreachable("The upstream stream ended before its last chunk.")
-        if finish is not None and reply is not None:
-            await finish(reply.message())
+        async for data in flight.stream(include_usage):
+            yield data
+        if finish is not None and flight.completion is not None:
+            await finish(flight.completion)
     except PalaverError as exc:
         log.warning("stream failed: %s", exc.message)
         yield error_event(exc)
@@ -128,5 +200,18 @@ async def _relay(
         log.exception("stream failed")
         yield error_event(PalaverError("The server failed while streaming."))
     finally:
-        await upstream.aclose()
+        flight.leave()
+    yield DONE
+
+
+async def _replay(
+    completion: Json, include_usage: bool, finish: Finish | None
+) -> AsyncGenerator[bytes, None]:
+    """A cached completion as a stream."""
+    yield b"".join(encode_event(chunk) for chunk in replay_chunks(completion, include_usage))
+    if finish is not None:
+        try:
+            await finish(completion)
+        except PalaverError as exc:
+            yield error_event(exc)
     yield DONE

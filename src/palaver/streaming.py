@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncGenerator, AsyncIterable
 from typing import Any
 
@@ -129,45 +130,165 @@ class ChunkNormalizer:
         return chunk
 
 
-class ReplyAccumulator:
-    """Rebuilds the first choice's assistant message from its deltas (text and tool calls)."""
-
-    __slots__ = ("_content", "_refusal", "_tool_calls")
+class _Choice:
+    __slots__ = ("finish_reason", "logprobs", "text", "tool_calls")
 
     def __init__(self) -> None:
-        self._content: list[str] = []
-        self._refusal: list[str] = []
-        self._tool_calls: dict[int, Json] = {}
+        self.text: dict[str, list[str]] = {}  # content, refusal, reasoning_content, ...
+        self.tool_calls: dict[int, Json] = {}
+        self.finish_reason: str | None = None
+        self.logprobs: dict[str, list[Any]] | None = None
 
-    def add(self, chunk: Json) -> None:
-        for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                self._content.append(delta["content"])
-            if delta.get("refusal"):
-                self._refusal.append(delta["refusal"])
-            for call in delta.get("tool_calls") or ():
-                entry = self._tool_calls.setdefault(
-                    call.get("index", 0),
-                    {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
-                )
-                if call.get("id"):
-                    entry["id"] = call["id"]
-                function = call.get("function") or {}
-                if function.get("name"):
-                    entry["function"]["name"] += function["name"]
-                if function.get("arguments"):
-                    entry["function"]["arguments"] += function["arguments"]
+    def add(self, choice: Json) -> None:
+        delta = choice.get("delta") or {}
+        for key, value in delta.items():
+            if key == "tool_calls":
+                for call in value or ():
+                    self._add_call(call)
+            elif key != "role" and isinstance(value, str) and value:
+                self.text.setdefault(key, []).append(value)
+        if choice.get("finish_reason") is not None:
+            self.finish_reason = choice["finish_reason"]
+        logprobs = choice.get("logprobs")
+        if isinstance(logprobs, dict):
+            merged = self.logprobs if self.logprobs is not None else {}
+            for key, values in logprobs.items():
+                if isinstance(values, list):
+                    merged.setdefault(key, []).extend(values)
+            self.logprobs = merged
+
+    def _add_call(self, call: Json) -> None:
+        entry = self.tool_calls.setdefault(
+            call.get("index", 0),
+            {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+        )
+        if call.get("id"):
+            entry["id"] = call["id"]
+        if call.get("type"):
+            entry["type"] = call["type"]
+        function = call.get("function") or {}
+        if function.get("name"):
+            entry["function"]["name"] += function["name"]
+        if function.get("arguments"):
+            entry["function"]["arguments"] += function["arguments"]
 
     def message(self) -> Json:
+        text = {key: "".join(parts) for key, parts in self.text.items()}
+        content = text.pop("content", None)
         message: Json = {
             "role": "assistant",
-            "content": "".join(self._content) if self._content or not self._tool_calls else None,
+            "content": content if content is not None or self.tool_calls else "",
+            "refusal": text.pop("refusal", None),
         }
-        if self._tool_calls:
-            message["tool_calls"] = [self._tool_calls[i] for i in sorted(self._tool_calls)]
-        if self._refusal:
-            message["refusal"] = "".join(self._refusal)
+        message.update(text)
+        if self.tool_calls:
+            message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
         return message
+
+
+class CompletionAccumulator:
+    """Rebuilds the whole ``chat.completion`` a stream carried: every choice's text, tool calls,
+    refusal, finish reason and logprobs, and the usage."""
+
+    __slots__ = ("_choices", "_head", "_usage")
+
+    def __init__(self) -> None:
+        self._choices: dict[int, _Choice] = {}
+        self._head: Json | None = None
+        self._usage: Json | None = None
+
+    def add(self, chunk: Json) -> None:
+        if self._head is None:
+            self._head = chunk
+        if chunk.get("usage"):
+            self._usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            index = choice.get("index", 0)
+            found = self._choices.get(index)
+            if found is None:
+                found = self._choices[index] = _Choice()
+            found.add(choice)
+
+    def message(self, index: int = 0) -> Json:
+        found = self._choices.get(index)
+        return found.message() if found is not None else {"role": "assistant", "content": ""}
+
+    def completion(self) -> Json:
+        head = self._head or {}
+        completion: Json = {
+            "id": head.get("id") or completion_id(),
+            "object": "chat.completion",
+            "created": head.get("created") or now(),
+            "model": head.get("model"),
+            "choices": [
+                {
+                    "index": index,
+                    "message": choice.message(),
+                    "logprobs": choice.logprobs,
+                    "finish_reason": choice.finish_reason,
+                }
+                for index, choice in sorted(self._choices.items())
+            ],
+            "usage": self._usage,
+        }
+        for key in ("system_fingerprint", "service_tier"):
+            if head.get(key) is not None:
+                completion[key] = head[key]
+        return completion
+
+
+_PIECES = re.compile(r"\s*\S+\s*|\s+")
+
+
+def replay_chunks(completion: Json, include_usage: bool) -> list[Json]:
+    """A stored completion as a proper stream: per choice a role chunk, its content in
+    several chunks, its tool calls, a final chunk; then usage if asked. A fresh id."""
+    base: Json = {
+        "id": completion_id(),
+        "object": "chat.completion.chunk",
+        "created": now(),
+        "model": completion.get("model"),
+    }
+    for key in ("system_fingerprint", "service_tier"):
+        if completion.get(key) is not None:
+            base[key] = completion[key]
+    chunks: list[Json] = []
+
+    def emit(index: int, delta: Json, finish: str | None = None, logprobs: Any = None) -> None:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        chunks.append({**base, "choices": [choice]})
+
+    for choice in completion.get("choices") or ():
+        index = choice.get("index", 0)
+        message = choice.get("message") or {}
+        emit(index, {"role": "assistant", "content": ""})
+        for key, value in message.items():
+            if key not in ("role", "content", "refusal", "tool_calls") and isinstance(value, str):
+                emit(index, {key: value})  # reasoning_content and the like
+        content = message.get("content")
+        if isinstance(content, str):
+            for piece in _PIECES.findall(content):
+                emit(index, {"content": piece})
+        if message.get("refusal"):
+            emit(index, {"refusal": message["refusal"]})
+        for position, call in enumerate(message.get("tool_calls") or ()):
+            function = call.get("function") or {}
+            head = {
+                "index": position,
+                "id": call.get("id"),
+                "type": call.get("type", "function"),
+                "function": {"name": function.get("name", ""), "arguments": ""},
+            }
+            emit(index, {"tool_calls": [head]})
+            arguments = str(function.get("arguments", ""))
+            half = len(arguments) // 2
+            for piece in (arguments[:half], arguments[half:]):
+                if piece:
+                    emit(
+                        index,
+                        {"tool_calls": [{"index": position, "function": {"arguments": piece}}]},
+                    )
+        emit(index, {}, choice.get("finish_reason") or "stop", choice.get("logprobs"))
+    if include_usage and completion.get("usage"):
+        chunks.append({**base, "choices": [], "usage": completion["usage"]})
+    return chunks

@@ -1,0 +1,117 @@
+"""The response cache: keys, request policy, and the in-memory backend.
+
+One entry serves streaming and non-streaming requests alike: it holds the completed
+``chat.completion`` (as compact JSON), which is replayed as a body or as a stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Protocol
+
+import orjson
+
+from palaver.protocol import Json
+
+KEY_VERSION = b"palaver-cache-v1"
+# Parameters that do not change what the model says. (Extension fields never reach the payload.)
+NOT_IN_KEY = frozenset({"stream", "stream_options", "user"})
+ENTRY_OVERHEAD = 128  # bytes of bookkeeping counted against max_bytes for every entry
+
+
+def cache_key(tenant: str, payload: Json) -> str:
+    """SHA-256 over the tenant and every output-affecting parameter, key order irrelevant.
+
+    ``payload`` is what goes upstream: its messages are those after history and priority.
+    """
+    material = {k: v for k, v in payload.items() if k not in NOT_IN_KEY}
+    digest = hashlib.sha256(KEY_VERSION)
+    digest.update(b"\0" + tenant.encode() + b"\0")
+    digest.update(orjson.dumps(material, option=orjson.OPT_SORT_KEYS))
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """What one request may do with the cache."""
+
+    lookup: bool
+    store: bool
+
+
+DEFAULT_POLICY = Policy(lookup=True, store=True)
+
+
+def policy_of(cache_control: bytes | None) -> Policy | None:
+    """From the request's Cache-Control: ``no-cache`` skips the lookup (the fresh answer is
+    still stored), ``no-store`` stores nothing. None: both, the cache is bypassed."""
+    if cache_control is None:
+        return DEFAULT_POLICY
+    directives = {d.strip().split(b"=")[0].lower() for d in cache_control.split(b",")}
+    lookup = b"no-cache" not in directives
+    store = b"no-store" not in directives
+    if not (lookup or store):
+        return None
+    return Policy(lookup, store)
+
+
+class CacheBackend(Protocol):
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryCache:
+    """Entries live ``ttl`` seconds; the least recently used go first once there are more than
+    ``max_entries`` or they weigh more than ``max_bytes``. Memory never grows past it."""
+
+    def __init__(self, ttl: float, max_entries: int, max_bytes: int) -> None:
+        self._ttl = ttl
+        self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._bytes = 0
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(entries, bytes) held now."""
+        return len(self._entries), self._bytes
+
+    @staticmethod
+    def _weight(key: str, value: bytes) -> int:
+        return len(key) + len(value) + ENTRY_OVERHEAD
+
+    async def get(self, key: str) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, value = entry
+        if expires <= time.monotonic():
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    async def set(self, key: str, value: bytes) -> None:
+        weight = self._weight(key, value)
+        if weight > self._max_bytes:
+            return
+        if key in self._entries:
+            self._drop(key)
+        self._entries[key] = (time.monotonic() + self._ttl, value)
+        self._bytes += weight
+        while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: str) -> None:
+        _, value = self._entries.pop(key)
+        self._bytes -= self._weight(key, value)
+
+    async def close(self) -> None:
+        self._entries.clear()
+        self._bytes = 0

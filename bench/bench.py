@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,17 +67,45 @@ def _millis(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def _wrk(name: str, url: str, body: dict[str, object], seconds: int, connections: int) -> Result:
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write('wrk.method = "POST"\n')
-        script.write('wrk.headers["Content-Type"] = "application/json"\n')
-        script.write(f"wrk.body = [[{orjson.dumps(body).decode()}]]\n")
-    command = ["wrk", "-t1", f"-c{connections}", "--latency", "-s", script.name, url]
-    subprocess.run([*command[:-1], "-d2s", url], capture_output=True, check=True)  # warm-up
-    out = subprocess.run(
-        [*command[:-1], f"-d{seconds}s", url], capture_output=True, text=True, check=True
-    ).stdout
-    os.unlink(script.name)
+def _script(body: dict[str, object], unique: bool) -> str:
+    """A wrk script posting ``body``; ``unique``: every request's last message differs."""
+    lines = ['wrk.method = "POST"', 'wrk.headers["Content-Type"] = "application/json"']
+    template = orjson.dumps(body).decode()
+    if not unique:
+        return "\n".join([*lines, f"wrk.body = [[{template}]]", ""])
+    tag = uuid.uuid4().hex[:8]
+    template = template.replace("please.", "please. __N__")
+    return "\n".join(
+        [
+            *lines,
+            "counter = 0",
+            f"template = [[{template}]]",
+            "request = function()",
+            "  counter = counter + 1",
+            f'  local body = string.gsub(template, "__N__", "{tag}-" .. counter)',
+            "  return wrk.format(nil, nil, nil, body)",
+            "end",
+            "",
+        ]
+    )
+
+
+def _wrk(
+    name: str, url: str, body: dict[str, object], args: argparse.Namespace, unique: bool
+) -> Result:
+    def run(seconds: int) -> str:
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+            script.write(_script(body, unique))
+        command = ["wrk", "-t1", f"-c{args.connections}", f"-d{seconds}s", "--latency"]
+        try:
+            return subprocess.run(
+                [*command, "-s", script.name, url], capture_output=True, text=True, check=True
+            ).stdout
+        finally:
+            os.unlink(script.name)
+
+    run(2)  # warm-up
+    out = run(args.seconds)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _millis(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     p99 = _millis(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
@@ -106,7 +135,7 @@ base_url = "http://127.0.0.1:{up_port}/v1"
 models = ["*"]
 
 [cache]
-enabled = false
+enabled = true
 
 [conversations]
 auto_create = false
@@ -135,9 +164,11 @@ path = "{workdir / "bench.sqlite3"}"
         up = f"http://127.0.0.1:{up_port}/v1/chat/completions"
         pal = f"http://127.0.0.1:{palaver_port}/v1/chat/completions"
         results = [
-            _wrk("upstream direct", up, plain, args.seconds, args.connections),
-            _wrk("palaver non-streaming", pal, plain, args.seconds, args.connections),
-            _wrk("palaver streaming", pal, streamed, args.seconds, args.connections),
+            _wrk("upstream direct", up, plain, args, unique=False),
+            _wrk("palaver non-streaming", pal, plain, args, unique=True),
+            _wrk("palaver streaming", pal, streamed, args, unique=True),
+            _wrk("palaver cache hit", pal, plain, args, unique=False),
+            _wrk("palaver cache hit, stream", pal, streamed, args, unique=False),
         ]
     finally:
         for server in servers:
@@ -151,13 +182,14 @@ path = "{workdir / "bench.sqlite3"}"
 
     direct = results[0].rps
     print(
-        f"\n{os.cpu_count()} cores, wrk -t1 -c{args.connections} -d{args.seconds}s, one worker each"
+        f"\n{os.cpu_count()} cores, wrk -t1 -c{args.connections} -d{args.seconds}s, one worker;"
+        " cache on: relay rows send a new body every request (MISS)"
     )
-    print(f"{'':24} {'req/s':>9} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    print(f"{'':26} {'req/s':>9} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for r in results:
         ratio = r.rps / direct
         print(
-            f"{r.name:24} {r.rps:9.0f} {ratio:6.2f}x {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.errors:7d}"
+            f"{r.name:26} {r.rps:9.0f} {ratio:6.2f}x {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.errors:7d}"
         )
     return 1 if any(r.errors for r in results) else 0
 

@@ -71,27 +71,31 @@ def test_policy_from_cache_control() -> None:
 
 
 async def test_memory_cache_bounds_and_ttl() -> None:
+    def entry(size: int) -> dict[str, Any]:
+        return {"text": "x" * size}
+
     cache = MemoryCache(ttl=300, max_entries=3, max_bytes=10_000)
     for n in range(5):
-        await cache.set(f"k{n}", b"x" * 100)
+        await cache.set(f"k{n}", entry(100))
     assert cache.size[0] == 3
     assert await cache.get("k0") is None
-    assert await cache.get("k4") == b"x" * 100
+    assert await cache.get("k4") == entry(100)
     await cache.get("k2")  # k2 used: k3 is now the least recently used
-    await cache.set("k5", b"y")
+    await cache.set("k5", entry(1))
     assert await cache.get("k3") is None
     assert await cache.get("k2") is not None
 
     heavy = MemoryCache(ttl=300, max_entries=1000, max_bytes=5_000)
     for n in range(100):
-        await heavy.set(f"k{n}", b"z" * 1000)
+        await heavy.set(f"k{n}", entry(1000))
         assert heavy.size[1] <= 5_000
-    await heavy.set("huge", b"z" * 10_000)  # bigger than the whole budget: not stored
+    assert heavy.size[0] == 4  # each weighs its JSON size plus the fixed overhead
+    await heavy.set("huge", entry(10_000))  # bigger than the whole budget: not stored
     assert await heavy.get("huge") is None
 
     short = MemoryCache(ttl=0.05, max_entries=10, max_bytes=10_000)
-    await short.set("k", b"v")
-    assert await short.get("k") == b"v"
+    await short.set("k", entry(1))
+    assert await short.get("k") == entry(1)
     await asyncio.sleep(0.08)
     assert await short.get("k") is None
     assert short.size == (0, 0)

@@ -41,10 +41,11 @@ async def send_error(send: Send, error: PalaverError) -> None:
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value  # type: ignore[no-any-return]
-    return None
+    """A request header (lower-case name); the headers are indexed once per request."""
+    indexed: dict[bytes, bytes] | None = scope.get("palaver.headers")
+    if indexed is None:
+        indexed = scope["palaver.headers"] = dict(scope["headers"])
+    return indexed.get(name)
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

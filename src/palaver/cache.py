@@ -59,22 +59,27 @@ def policy_of(cache_control: bytes | None) -> Policy | None:
 
 
 class CacheBackend(Protocol):
-    async def get(self, key: str) -> bytes | None: ...
+    """Holds completed ``chat.completion`` objects. Callers never mutate what ``get`` returns."""
 
-    async def set(self, key: str, value: bytes) -> None: ...
+    async def get(self, key: str) -> Json | None: ...
+
+    async def set(self, key: str, value: Json) -> None: ...
 
     async def close(self) -> None: ...
 
 
 class MemoryCache:
     """Entries live ``ttl`` seconds; the least recently used go first once there are more than
-    ``max_entries`` or they weigh more than ``max_bytes``. Memory never grows past it."""
+    ``max_entries`` or they weigh more than ``max_bytes``. Memory never grows past it.
+
+    Entries are kept as objects, so a hit costs no parsing; each weighs its JSON size plus a
+    fixed overhead, measured once when stored."""
 
     def __init__(self, ttl: float, max_entries: int, max_bytes: int) -> None:
         self._ttl = ttl
         self._max_entries = max_entries
         self._max_bytes = max_bytes
-        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[float, int, Json]] = OrderedDict()
         self._bytes = 0
 
     @property
@@ -82,35 +87,29 @@ class MemoryCache:
         """(entries, bytes) held now."""
         return len(self._entries), self._bytes
 
-    @staticmethod
-    def _weight(key: str, value: bytes) -> int:
-        return len(key) + len(value) + ENTRY_OVERHEAD
-
-    async def get(self, key: str) -> bytes | None:
+    async def get(self, key: str) -> Json | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        expires, value = entry
-        if expires <= time.monotonic():
+        if entry[0] <= time.monotonic():
             self._drop(key)
             return None
         self._entries.move_to_end(key)
-        return value
+        return entry[2]
 
-    async def set(self, key: str, value: bytes) -> None:
-        weight = self._weight(key, value)
+    async def set(self, key: str, value: Json) -> None:
+        weight = len(key) + len(orjson.dumps(value)) + ENTRY_OVERHEAD
         if weight > self._max_bytes:
             return
         if key in self._entries:
             self._drop(key)
-        self._entries[key] = (time.monotonic() + self._ttl, value)
+        self._entries[key] = (time.monotonic() + self._ttl, weight, value)
         self._bytes += weight
         while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
             self._drop(next(iter(self._entries)))
 
     def _drop(self, key: str) -> None:
-        _, value = self._entries.pop(key)
-        self._bytes -= self._weight(key, value)
+        self._bytes -= self._entries.pop(key)[1]
 
     async def close(self) -> None:
         self._entries.clear()

@@ -13,8 +13,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-import orjson
-
 from palaver.cache import CacheBackend
 from palaver.errors import PalaverError, UpstreamUnreachable
 from palaver.protocol import Json
@@ -158,7 +156,7 @@ class Flights:
         # Until stored, the finished flight itself answers identical requests.
         if store is not None and self._backend is not None and flight.completion is not None:
             try:
-                await self._backend.set(store, orjson.dumps(flight.completion))
+                await self._backend.set(store, flight.completion)
             except Exception:
                 log.exception("storing a cache entry failed")
         self._land(flight, share)

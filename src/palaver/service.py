@@ -12,8 +12,6 @@ import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-import orjson
-
 from palaver.cache import CacheBackend, Policy, cache_key, policy_of
 from palaver.conversations import Conversations, Turn, reply_message
 from palaver.errors import PalaverError
@@ -106,8 +104,8 @@ class ChatService:
     async def _lookup(self, policy: Policy, key: str) -> Json | None:
         if not policy.lookup or self._cache is None:
             return None
-        raw = await self._cache.get(key)
-        return None if raw is None else _fresh(orjson.loads(raw))
+        found = await self._cache.get(key)
+        return None if found is None else _fresh(found)
 
     def _board(
         self, call: ChatCall, streaming: bool, cached: tuple[Policy, str] | None

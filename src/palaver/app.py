@@ -13,12 +13,14 @@ from dataclasses import dataclass
 import aiohttp
 
 from palaver.asgi import ClientDisconnected, Receive, Scope, Send, header, send_error
-from palaver.cache import MemoryCache
+from palaver.cache import CacheBackend, MemoryCache
 from palaver.config import Settings, load_settings
 from palaver.conversation_routes import ConversationHandlers
 from palaver.conversations import Conversations
 from palaver.errors import MethodNotAllowed, NotFound, PalaverError, Unauthorized
 from palaver.providers import build_router, new_session
+from palaver.redis_cache import RedisCache
+from palaver.redis_link import RedisLink
 from palaver.routes import Handlers
 from palaver.service import ChatService
 from palaver.stores import ConversationStore, open_store
@@ -40,6 +42,7 @@ def tenant_of(key: str) -> str:
 class _Runtime:
     session: aiohttp.ClientSession
     store: ConversationStore
+    link: RedisLink | None
     routes: dict[str, dict[str, Handler]]
     conversation_routes: Handler
     sweeper: asyncio.Task[None] | None
@@ -65,18 +68,14 @@ class Palaver:
 
     async def startup(self) -> None:
         settings = self.settings
-        store = await open_store(settings.conversations)
+        uses_redis = "redis" in (settings.cache.backend, settings.conversations.backend)
+        link = RedisLink(settings.redis.url, settings.redis.key_prefix) if uses_redis else None
+        store = await open_store(settings.conversations, link)
         session = new_session()
         router = build_router(settings.providers, session)
         conversations = Conversations(store, settings.conversations)
         max_body = settings.server.max_body_bytes
-        cache = (
-            MemoryCache(
-                settings.cache.ttl_seconds, settings.cache.max_entries, settings.cache.max_bytes
-            )
-            if settings.cache.enabled
-            else None
-        )
+        cache = _cache_backend(settings, link)
         handlers = Handlers(ChatService(router, conversations, cache), router, max_body)
         conversation_routes = ConversationHandlers(
             conversations, max_body, settings.conversations.max_messages
@@ -94,13 +93,16 @@ class Palaver:
         sweeper = None
         if idle_ttl:
             sweeper = asyncio.create_task(self._sweep(store, idle_ttl))
-        self._runtime = _Runtime(session, store, routes, conversation_routes, sweeper)
+        self._runtime = _Runtime(session, store, link, routes, conversation_routes, sweeper)
+        where = {
+            "sqlite": f" at {settings.conversations.path}",
+            "redis": f" at {settings.redis.url}",
+        }
         log.info(
-            "conversations: %s backend%s",
+            "conversations: %s backend%s; cache: %s",
             settings.conversations.backend,
-            f" at {settings.conversations.path}"
-            if settings.conversations.backend == "sqlite"
-            else "",
+            where.get(settings.conversations.backend, ""),
+            f"{settings.cache.backend} backend" if settings.cache.enabled else "disabled",
         )
         if self.settings.providers:
             for provider in self.settings.providers:
@@ -125,6 +127,8 @@ class Palaver:
                     await runtime.sweeper
             await runtime.session.close()
             await runtime.store.close()
+            if runtime.link is not None:
+                await runtime.link.close()
 
     async def _sweep(self, store: ConversationStore, idle_ttl: float) -> None:
         """Remove idle conversations now and then (loads also skip idle ones on their own)."""
@@ -207,6 +211,16 @@ class Palaver:
             await send_error(send, error)
         except Exception:  # the response had already started, or the client is gone
             log.debug("could not send the error response", exc_info=True)
+
+
+def _cache_backend(settings: Settings, link: RedisLink | None) -> CacheBackend | None:
+    cache = settings.cache
+    if not cache.enabled:
+        return None
+    if cache.backend == "redis":
+        assert link is not None
+        return RedisCache(link, cache.ttl_seconds)
+    return MemoryCache(cache.ttl_seconds, cache.max_entries, cache.max_bytes)
 
 
 def create_app(settings: Settings | None = None) -> Palaver:

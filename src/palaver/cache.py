@@ -58,12 +58,29 @@ def policy_of(cache_control: bytes | None) -> Policy | None:
     return Policy(lookup, store)
 
 
+class CacheUnavailable(Exception):
+    """The cache backend cannot be used right now: serve without it."""
+
+
 class CacheBackend(Protocol):
-    """Holds completed ``chat.completion`` objects. Callers never mutate what ``get`` returns."""
+    """Holds completed ``chat.completion`` objects. Callers never mutate what ``get`` returns.
+
+    ``get`` raises ``CacheUnavailable`` when the backend cannot be reached: the request is then
+    served without the cache. ``lock``/``wait_for``/``unlock`` coordinate identical requests
+    across processes (a backend of one process always lets the caller lead)."""
+
+    @property
+    def available(self) -> bool: ...
 
     async def get(self, key: str) -> Json | None: ...
 
     async def set(self, key: str, value: Json) -> None: ...
+
+    async def lock(self, key: str) -> str | None: ...
+
+    async def unlock(self, key: str, token: str) -> None: ...
+
+    async def wait_for(self, key: str) -> Json | None: ...
 
     async def close(self) -> None: ...
 
@@ -81,6 +98,17 @@ class MemoryCache:
         self._max_bytes = max_bytes
         self._entries: OrderedDict[str, tuple[float, int, Json]] = OrderedDict()
         self._bytes = 0
+
+    available = True
+
+    async def lock(self, key: str) -> str | None:
+        return ""  # one process: in-process flights already share identical calls
+
+    async def unlock(self, key: str, token: str) -> None:
+        return None
+
+    async def wait_for(self, key: str) -> Json | None:
+        return None
 
     @property
     def size(self) -> tuple[int, int]:

@@ -4,17 +4,19 @@ and what is stored once the completion succeeded."""
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from palaver.config import ConversationSettings
-from palaver.errors import InvalidRequest, NotFound
+from palaver.errors import InvalidRequest, NotFound, ServiceUnavailable
 from palaver.history import merge
 from palaver.priority import keep
 from palaver.protocol import Json, Message
 from palaver.stores import ConversationInfo, ConversationStore, NotOwner, new_conversation_id
 
+log = logging.getLogger("palaver.conversations")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
@@ -33,6 +35,7 @@ class Turn:
     conversation_id: str
     tenant: str
     new: list[Message]
+    auto: bool = False  # created for this request, which named none
 
 
 def reply_message(message: Json) -> Message:
@@ -77,9 +80,10 @@ class Conversations:
                     param="conversation",
                 )
             conversation_id = from_header
+        auto = conversation_id is None
         if conversation_id is None:
-            if not self._settings.auto_create:
-                return None
+            if not self._settings.auto_create or not self.store.available:
+                return None  # with the store down, answer without starting a conversation
             conversation_id = new_conversation_id()
             history: list[Message] = []
         else:
@@ -90,16 +94,23 @@ class Conversations:
             history = [] if loaded is None else [s.message for s in loaded[1]]
         merged = merge(history, payload["messages"], self._settings.max_messages)
         payload["messages"] = merged.sent
-        return Turn(conversation_id, tenant, merged.new)
+        return Turn(conversation_id, tenant, merged.new, auto)
 
-    async def commit(self, turn: Turn, reply: Message) -> None:
+    async def commit(self, turn: Turn, reply: Message) -> bool:
+        """Store the turn; False if an auto-created conversation could not be (store down)."""
         try:
             info = await self.store.append(
                 turn.conversation_id, turn.tenant, [*turn.new, reply], self._select
             )
         except NotOwner:
             raise not_found(turn.conversation_id, "conversation") from None
+        except ServiceUnavailable:
+            if not turn.auto:
+                raise
+            log.warning("conversation store unavailable: answering without a conversation")
+            return False
         await self._after_write(info)
+        return True
 
     async def add(
         self, conversation_id: str, tenant: str, messages: list[Message]
@@ -113,9 +124,12 @@ class Conversations:
 
     async def _after_write(self, info: ConversationInfo) -> None:
         if info.created_at == info.updated_at:  # a conversation was born: mind the limits
-            await self.store.enforce_limits(
-                self._settings.max_active, self._settings.idle_ttl_seconds
-            )
+            try:
+                await self.store.enforce_limits(
+                    self._settings.max_active, self._settings.idle_ttl_seconds
+                )
+            except ServiceUnavailable:  # the turn is stored; cleanup happens on a later one
+                log.warning("could not enforce conversation limits: store unavailable")
 
 
 def _select(messages: Sequence[Message], limit: int) -> list[int]:

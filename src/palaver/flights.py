@@ -107,8 +107,14 @@ class Flights:
         self._router = router
         self._backend = backend
         self._flying: dict[str, Flight] = {}
+        self._releasing: set[asyncio.Task[None]] = set()
 
-    def board(
+    def find(self, share: str) -> Flight | None:
+        """An identical flight of this process that has not failed."""
+        found = self._flying.get(share)
+        return found if found is not None and found.error is None else None
+
+    def launch(
         self,
         model: str,
         payload: Json,
@@ -116,24 +122,25 @@ class Flights:
         streaming: bool,
         share: str | None,
         store: str | None,
-    ) -> tuple[Flight, bool]:
-        """The flight to subscribe to, and whether it is new (this request leads it).
-
-        ``share``: join an identical flight under this key, or make this one joinable.
-        ``store``: the cache key under which a successful answer is stored.
-        """
-        if share is not None:
-            found = self._flying.get(share)
-            if found is not None and found.error is None:
-                return found, False
+        lock: str | None,
+    ) -> Flight:
+        """Start a flight. ``share``: identical requests may join it under this key.
+        ``store``: the cache key for its answer. ``lock``: the cross-process lock this
+        process holds on ``share``, released when the flight lands."""
         flight = Flight(streaming)
         if share is not None:
             self._flying[share] = flight
-        flight.task = asyncio.create_task(self._fly(flight, model, payload, share, store))
-        return flight, True
+        flight.task = asyncio.create_task(self._fly(flight, model, payload, share, store, lock))
+        return flight
 
     async def _fly(
-        self, flight: Flight, model: str, payload: Json, share: str | None, store: str | None
+        self,
+        flight: Flight,
+        model: str,
+        payload: Json,
+        share: str | None,
+        store: str | None,
+        lock: str | None,
     ) -> None:
         try:
             if flight.streaming:
@@ -152,18 +159,23 @@ class Flights:
             flight.done = True
             flight.notify()
             if flight.error is not None:
-                self._land(flight, share)
+                self._land(flight, share, lock)
         # Until stored, the finished flight itself answers identical requests.
         if store is not None and self._backend is not None and flight.completion is not None:
             try:
                 await self._backend.set(store, flight.completion)
             except Exception:
                 log.exception("storing a cache entry failed")
-        self._land(flight, share)
+        self._land(flight, share, lock)
 
-    def _land(self, flight: Flight, share: str | None) -> None:
+    def _land(self, flight: Flight, share: str | None, lock: str | None) -> None:
         if share is not None and self._flying.get(share) is flight:
             del self._flying[share]
+        if lock and share is not None and self._backend is not None:
+            # Other processes wait on this lock: release it even when cancelled.
+            release = asyncio.create_task(self._backend.unlock(share, lock))
+            self._releasing.add(release)
+            release.add_done_callback(self._releasing.discard)
 
     async def _fly_stream(self, flight: Flight, model: str, payload: Json) -> None:
         upstream = await self._router.open_stream(model, payload)

@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-from palaver.cache import CacheBackend, Policy, cache_key, policy_of
+from palaver.cache import CacheBackend, CacheUnavailable, Policy, cache_key, policy_of
 from palaver.conversations import Conversations, Turn, reply_message
 from palaver.errors import PalaverError
 from palaver.flights import Flight, Flights
@@ -24,7 +24,7 @@ from palaver.streaming import DONE, encode_event, error_event, replay_chunks
 log = logging.getLogger("palaver.service")
 
 Headers = list[tuple[bytes, bytes]]
-Finish = Callable[[Json], Awaitable[None]]  # stores a turn, given the completion
+Finish = Callable[[Json], Awaitable[bool]]  # stores a turn, given the completion
 
 HIT = (b"x-cache", b"HIT")
 MISS = (b"x-cache", b"MISS")
@@ -96,38 +96,68 @@ class ChatService:
         return turn
 
     def _policy(self, call: ChatCall) -> tuple[Policy, str] | None:
-        if self._cache is None:
+        if self._cache is None or not self._cache.available:
             return None
         policy = policy_of(call.cache_control)
         return None if policy is None else (policy, cache_key(call.tenant, call.payload))
 
-    async def _lookup(self, policy: Policy, key: str) -> Json | None:
-        if not policy.lookup or self._cache is None:
-            return None
-        found = await self._cache.get(key)
-        return None if found is None else _fresh(found)
+    async def _lookup(self, call: ChatCall) -> tuple[tuple[Policy, str] | None, Json | None]:
+        """The cache policy and key for this request, and a hit if there is one.
+        A cache that cannot be reached means no cache (BYPASS)."""
+        cached = self._policy(call)
+        if cached is None or self._cache is None or not cached[0].lookup:
+            return cached, None
+        try:
+            found = await self._cache.get(cached[1])
+        except CacheUnavailable:
+            return None, None
+        return cached, None if found is None else _fresh(found)
 
-    def _board(
+    async def _board(
         self, call: ChatCall, streaming: bool, cached: tuple[Policy, str] | None
-    ) -> tuple[Flight, bool]:
-        policy, key = cached if cached is not None else (None, None)
-        return self._flights.board(
+    ) -> tuple[Flight | None, bool, Json | None]:
+        """Join an identical flight of this process, wait for one of another process, or
+        start a flight. Returns (flight, whether this request leads it, None), or
+        (None, False, answer) when another process answered."""
+        share = store = None
+        if cached is not None:
+            policy, key = cached
+            share = key if policy.lookup else None
+            store = key if policy.store else None
+        lock = None
+        if share is not None and self._cache is not None:
+            found = self._flights.find(share)
+            if found is not None:
+                return found, False, None
+            lock = await self._cache.lock(share)
+            if lock is None:  # another process leads: wait for its answer (bounded)
+                try:
+                    answer = await self._cache.wait_for(share)
+                except CacheUnavailable:
+                    answer = None
+                if answer is not None:
+                    return None, False, _fresh(answer)
+                lock = await self._cache.lock(share) or ""  # it failed or died: take over
+        flight = self._flights.launch(
             call.request.model,
             call.payload,
             streaming=streaming,
-            share=key if policy is not None and policy.lookup else None,
-            store=key if policy is not None and policy.store else None,
+            share=share,
+            store=store,
+            lock=lock,
         )
+        return flight, True, None
 
     def _finisher(self, turn: Turn | None) -> Finish | None:
         if turn is None:
             return None
         conversations = self._conversations
 
-        async def finish(completion: Json) -> None:
+        async def finish(completion: Json) -> bool:
             message = _first_message(completion)
-            if message is not None:
-                await conversations.commit(turn, reply_message(message))
+            if message is None:
+                return False
+            return await conversations.commit(turn, reply_message(message))
 
         return finish
 
@@ -135,24 +165,23 @@ class ChatService:
 
     async def complete(self, call: ChatCall) -> ChatReply:
         turn = await self._begin(call)
-        cached = self._policy(call)
-        body: Json | None = None
-        if cached is None:
+        cached, body = await self._lookup(call)
+        status = HIT
+        if body is None and cached is None:
             body, status = await self._router.complete(call.request.model, call.payload), BYPASS
-        else:
-            body, status = await self._lookup(*cached), HIT
-        if body is None:
-            flight, leads = self._board(call, False, cached)
-            flight.join()
-            try:
-                completion = await flight.result()
-            finally:
-                flight.leave()
-            body, status = ({**completion}, MISS) if leads else (_fresh(completion), HIT)
+        elif body is None:
+            flight, leads, body = await self._board(call, False, cached)
+            if flight is not None:
+                flight.join()
+                try:
+                    completion = await flight.result()
+                finally:
+                    flight.leave()
+                body, status = ({**completion}, MISS) if leads else (_fresh(completion), HIT)
+        assert body is not None
         headers = [status]
         finish = self._finisher(turn)
-        if turn is not None and finish is not None:
-            await finish(body)
+        if turn is not None and finish is not None and await finish(body):
             body["conversation"] = turn.conversation_id
             headers.append((b"x-conversation-id", turn.conversation_id.encode()))
         return ChatReply(body, headers)
@@ -165,12 +194,19 @@ class ChatService:
         headers: Headers = []
         if turn is not None:
             headers.append((b"x-conversation-id", turn.conversation_id.encode()))
-        cached = self._policy(call)
-        hit = None if cached is None else await self._lookup(*cached)
-        if hit is not None:
+        cached, hit = await self._lookup(call)
+        flight: Flight | None = None
+        leads = True
+        if hit is None and cached is None:
+            flight = self._flights.launch(
+                call.request.model, call.payload, streaming=True, share=None, store=None, lock=None
+            )
+        elif hit is None:
+            flight, leads, hit = await self._board(call, True, cached)
+        if flight is None:
+            assert hit is not None
             headers.append(HIT)
             return ChatStream(_replay(hit, call.include_usage, finish), headers)
-        flight, leads = self._board(call, True, cached)
         flight.join()
         try:
             await flight.started()

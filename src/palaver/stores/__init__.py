@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from palaver.config import ConversationSettings
+from palaver.redis_link import RedisLink
 from palaver.stores.base import (
     AlreadyExists,
     ConversationInfo,
@@ -12,6 +13,7 @@ from palaver.stores.base import (
     new_conversation_id,
 )
 from palaver.stores.memory import MemoryStore
+from palaver.stores.redis import RedisStore
 from palaver.stores.sqlite import SqliteStore
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "ConversationStore",
     "MemoryStore",
     "NotOwner",
+    "RedisStore",
     "SqliteStore",
     "StoredMessage",
     "new_conversation_id",
@@ -27,11 +30,14 @@ __all__ = [
 ]
 
 
-async def open_store(settings: ConversationSettings) -> ConversationStore:
+async def open_store(settings: ConversationSettings, link: RedisLink | None) -> ConversationStore:
+    if settings.backend == "redis":
+        assert link is not None
+        return RedisStore(link, settings.idle_ttl_seconds)
     if settings.backend == "memory":
         return MemoryStore(settings.idle_ttl_seconds)
     if settings.backend == "sqlite":
         store = SqliteStore(settings.path, settings.idle_ttl_seconds)
         await store.open()
         return store
-    raise NotImplementedError(f"conversations.backend = {settings.backend!r} is not available yet")
+    raise ValueError(f"unknown conversations.backend {settings.backend!r}")

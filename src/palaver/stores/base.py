@@ -52,6 +52,11 @@ def new_conversation_id() -> str:
 
 
 class ConversationStore(Protocol):
+    @property
+    def available(self) -> bool:
+        """False while the backend is known to be unreachable."""
+        ...
+
     async def load(
         self, conversation_id: str, tenant: str
     ) -> tuple[ConversationInfo, list[StoredMessage]] | None:

@@ -26,6 +26,8 @@ class _Conversation:
 class MemoryStore:
     """Everything happens between two awaits, so the event loop makes each call atomic."""
 
+    available = True
+
     def __init__(self, idle_ttl: float = 0.0) -> None:
         self._idle_ttl = idle_ttl
         self._items: OrderedDict[str, _Conversation] = OrderedDict()  # least recently used first

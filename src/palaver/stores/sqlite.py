@@ -59,6 +59,8 @@ def _info(row: Any) -> ConversationInfo:
 
 
 class SqliteStore:
+    available = True
+
     def __init__(self, path: str, idle_ttl: float = 0.0) -> None:
         self._path = path
         self._idle_ttl = idle_ttl

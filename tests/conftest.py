@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -65,3 +67,30 @@ def palaver_url(upstream: Upstream) -> Iterator[str]:
 def client(palaver_url: str) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=palaver_url + "/v1", api_key="sk-client", max_retries=0) as c:
         yield c
+
+
+def redis_url_or_skip() -> str:
+    """REDIS_URL; tests needing Redis skip without it locally, and fail without it in CI."""
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("REDIS_URL must be set in CI: the Redis tests must run there")
+        pytest.skip("REDIS_URL is not set")
+    return url
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards."""
+    import redis
+
+    url = redis_url_or_skip()
+    prefix = f"palaver-test-{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=500))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

@@ -9,7 +9,16 @@ from typing import Any
 
 import pytest
 
-from palaver.stores import AlreadyExists, ConversationStore, MemoryStore, NotOwner, SqliteStore
+from palaver.redis_link import RedisLink
+from palaver.stores import (
+    AlreadyExists,
+    ConversationStore,
+    MemoryStore,
+    NotOwner,
+    RedisStore,
+    SqliteStore,
+)
+from tests.conftest import redis_url_or_skip
 
 Message = dict[str, Any]
 
@@ -26,17 +35,24 @@ def user(text: str) -> Message:
     return {"role": "user", "content": text}
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ConversationStore]:
     made: ConversationStore
+    link = None
     if request.param == "memory":
         made = MemoryStore()
+    elif request.param == "redis":
+        prefix = request.getfixturevalue("redis_prefix")
+        link = RedisLink(redis_url_or_skip(), prefix)
+        made = RedisStore(link)
     else:
         sqlite = SqliteStore(str(tmp_path / "store.sqlite3"))
         await sqlite.open()
         made = sqlite
     yield made
     await made.close()
+    if link is not None:
+        await link.close()
 
 
 async def test_append_creates_and_loads_in_order(store: ConversationStore) -> None:

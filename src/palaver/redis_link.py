@@ -6,6 +6,7 @@ waiting out a timeout; then the next call tries again, so palaver recovers witho
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -35,7 +36,7 @@ class RedisLink:
             url,
             socket_timeout=TIMEOUT_SECONDS,
             socket_connect_timeout=TIMEOUT_SECONDS,
-            retry=Retry(NoBackoff(), 0),
+            retry=Retry(NoBackoff(), 1),  # one retry, on a fresh connection (after a restart)
             health_check_interval=10,
         )
         self._down_until = 0.0
@@ -55,6 +56,9 @@ class RedisLink:
             if not self._was_down:
                 log.warning("Redis is unreachable: %s", exc)
             self._was_down = True
+            # Pooled connections to a Redis that went away are dead: start afresh next time.
+            with contextlib.suppress(Exception):
+                await self.client.connection_pool.disconnect()
             raise RedisDown(str(exc)) from None
         if self._was_down:
             log.warning("Redis is reachable again")

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +27,26 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="number of worker processes (default 1)")
     serve.add_argument("--reload", action="store_true", help="restart on code changes (dev)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    check = commands.add_parser("healthcheck", help="exit 0 if the local server answers /health")
+    check.add_argument("--config", help="TOML config file (env PALAVER_CONFIG)")
     return parser
+
+
+def healthcheck(args: argparse.Namespace) -> int:
+    """For container HEALTHCHECKs: GET /health on the configured port."""
+    try:
+        server = load_settings(args.config, os.environ).server
+    except ConfigError as exc:
+        print(f"palaver: configuration error: {exc}", file=sys.stderr)
+        return 2
+    host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
+    url = f"http://{host}:{server.port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return 0 if response.status == 200 else 1
+    except OSError as exc:
+        print(f"palaver: {url}: {exc}", file=sys.stderr)
+        return 1
 
 
 def app_from_env() -> Any:
@@ -79,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "healthcheck":
+        return healthcheck(args)
     return 2  # pragma: no cover - argparse rejects other commands
 
 

@@ -53,6 +53,8 @@ def app_from_env() -> Any:
     """Factory for worker and reload processes: settings come from the environment."""
     from palaver.app import create_app
 
+    level = os.environ.get("PALAVER_LOG_LEVEL", "info").upper()
+    logging.basicConfig(level=level, format=LOG_FORMAT)
     return create_app(load_settings())
 
 
@@ -81,6 +83,7 @@ def serve(args: argparse.Namespace) -> int:
             os.environ["PALAVER_CONFIG"] = os.path.abspath(args.config)
         os.environ["HOST"] = server.host
         os.environ["PORT"] = str(server.port)
+        os.environ["PALAVER_LOG_LEVEL"] = args.log_level
         factory_options: dict[str, Any] = {"factory": True}
         if args.reload:
             src = os.path.dirname(os.path.abspath(__file__))

@@ -14,10 +14,6 @@ from palaver.protocol import Json, completion_id, now
 DONE = b"data: [DONE]\n\n"
 
 
-class StreamEnded(Exception):
-    """The upstream sent ``[DONE]``."""
-
-
 def encode_event(obj: Json) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 

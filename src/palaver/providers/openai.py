@@ -61,9 +61,7 @@ class OpenAIProvider:
         try:
             raw = await response.read()
         except TimeoutError:
-            raise UpstreamTimeout(
-                f"Provider {self.name} did not answer within {self._first_byte:g} s."
-            ) from None
+            raise no_answer(self.name, self._first_byte) from None
         except aiohttp.ClientError as exc:
             raise UpstreamUnreachable(f"Provider {self.name} broke off its answer: {exc}") from None
         finally:
@@ -118,9 +116,7 @@ class OpenAIProvider:
         except aiohttp.ConnectionTimeoutError:
             raise UpstreamTimeout(f"Provider {self.name} did not accept the connection.") from None
         except TimeoutError:
-            raise UpstreamTimeout(
-                f"Provider {self.name} did not answer within {self._first_byte:g} s."
-            ) from None
+            raise no_answer(self.name, self._first_byte) from None
         except aiohttp.ClientError as exc:
             raise UpstreamUnreachable(f"Provider {self.name} is unreachable: {exc}") from None
         if response.status >= 400:
@@ -132,6 +128,10 @@ class OpenAIProvider:
                 response.release()
             raise status_error(self.name, response.status, raw, response.headers)
         return response
+
+
+def no_answer(name: str, seconds: float) -> UpstreamTimeout:
+    return UpstreamTimeout(f"Provider {name} did not answer within {seconds:g} s.")
 
 
 class _FirstByteDeadline:
@@ -151,9 +151,7 @@ class _FirstByteDeadline:
         try:
             await self._timeout.__aexit__(*exc_info)
         except TimeoutError:
-            raise UpstreamTimeout(
-                f"Provider {self._name} did not answer within {self._seconds:g} s."
-            ) from None
+            raise no_answer(self._name, self._seconds) from None
         return None
 
 

@@ -130,8 +130,11 @@ class ChatService:
             if found is not None:
                 return found, False, None
             lock = await self._cache.lock(share)
-            if lock is None:  # another process leads: wait for its answer (bounded)
-                try:
+            if lock is None:
+                found = self._flights.find(share)
+                if found is not None:  # this process took the lock meanwhile: join live
+                    return found, False, None
+                try:  # another process leads: wait for its answer (bounded)
                     answer = await self._cache.wait_for(share)
                 except CacheUnavailable:
                     answer = None

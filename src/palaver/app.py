@@ -43,6 +43,7 @@ class _Runtime:
     session: aiohttp.ClientSession
     store: ConversationStore
     link: RedisLink | None
+    service: ChatService
     routes: dict[str, dict[str, Handler]]
     conversation_routes: Handler
     sweeper: asyncio.Task[None] | None
@@ -76,7 +77,8 @@ class Palaver:
         conversations = Conversations(store, settings.conversations)
         max_body = settings.server.max_body_bytes
         cache = _cache_backend(settings, link)
-        handlers = Handlers(ChatService(router, conversations, cache), router, max_body)
+        service = ChatService(router, conversations, cache)
+        handlers = Handlers(service, router, max_body)
         conversation_routes = ConversationHandlers(
             conversations, max_body, settings.conversations.max_messages
         )
@@ -93,7 +95,9 @@ class Palaver:
         sweeper = None
         if idle_ttl:
             sweeper = asyncio.create_task(self._sweep(store, idle_ttl))
-        self._runtime = _Runtime(session, store, link, routes, conversation_routes, sweeper)
+        self._runtime = _Runtime(
+            session, store, link, service, routes, conversation_routes, sweeper
+        )
         where = {
             "sqlite": f" at {settings.conversations.path}",
             "redis": f" at {settings.redis.url}",
@@ -125,6 +129,7 @@ class Palaver:
                 runtime.sweeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await runtime.sweeper
+            await runtime.service.close()
             await runtime.session.close()
             await runtime.store.close()
             if runtime.link is not None:

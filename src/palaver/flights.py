@@ -109,6 +109,14 @@ class Flights:
         self._flying: dict[str, Flight] = {}
         self._releasing: set[asyncio.Task[None]] = set()
 
+    async def close(self) -> None:
+        """Cancel the flights still in the air (at shutdown)."""
+        tasks = [f.task for f in self._flying.values() if f.task is not None and not f.done]
+        tasks += list(self._releasing)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def find(self, share: str) -> Flight | None:
         """An identical flight of this process that has not failed."""
         found = self._flying.get(share)

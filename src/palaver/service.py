@@ -85,6 +85,9 @@ class ChatService:
         self._cache = cache
         self._flights = Flights(router, cache)
 
+    async def close(self) -> None:
+        await self._flights.close()
+
     # -- stages ----------------------------------------------------------------------------
 
     async def _begin(self, call: ChatCall) -> Turn | None:

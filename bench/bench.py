@@ -93,6 +93,26 @@ def _script(body: dict[str, object], unique: bool, bypass: bool = False) -> str:
     )
 
 
+# With two cores or more, the server measured gets a core of its own and the load generator
+# (with the upstream palaver relays to) the other: the figures then compare like with like
+# instead of depending on how the scheduler happens to share two cores among three processes.
+PINNING = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+SERVER_CORE, LOAD_CORE = 0, 1
+
+
+def _on(core: int) -> list[str]:
+    return ["taskset", "-c", str(core)] if PINNING else []
+
+
+def _pin(process: subprocess.Popen[bytes], core: int) -> None:
+    if PINNING:
+        subprocess.run(
+            ["taskset", "-a", "-c", "-p", str(core), str(process.pid)],
+            capture_output=True,
+            check=True,
+        )
+
+
 def _wrk(
     name: str,
     url: str,
@@ -104,7 +124,8 @@ def _wrk(
     def run(seconds: int) -> str:
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
             script.write(_script(body, unique, bypass))
-        command = ["wrk", "-t1", f"-c{args.connections}", f"-d{seconds}s", "--latency"]
+        command = [*_on(LOAD_CORE), "wrk", "-t1", f"-c{args.connections}", f"-d{seconds}s"]
+        command.append("--latency")
         try:
             return subprocess.run(
                 [*command, "-s", script.name, url], capture_output=True, text=True, check=True
@@ -171,8 +192,11 @@ path = "{workdir / "bench.sqlite3"}"
         streamed = {**plain, "stream": True}
         up = f"http://127.0.0.1:{up_port}/v1/chat/completions"
         pal = f"http://127.0.0.1:{palaver_port}/v1/chat/completions"
-        results = [
-            _wrk("upstream direct", up, plain, args, unique=False),
+        _pin(servers[0], SERVER_CORE)
+        results = [_wrk("upstream direct", up, plain, args, unique=False)]
+        _pin(servers[0], LOAD_CORE)
+        _pin(servers[1], SERVER_CORE)
+        results += [
             _wrk("palaver relay, no cache", pal, plain, args, unique=True, bypass=True),
             _wrk("palaver non-streaming", pal, plain, args, unique=True),
             _wrk("palaver streaming", pal, streamed, args, unique=True),
@@ -190,9 +214,10 @@ path = "{workdir / "bench.sqlite3"}"
         shutil.rmtree(workdir, ignore_errors=True)
 
     direct = results[0].rps
+    pinned = "the server measured on a core of its own" if PINNING else "no core pinning"
     print(
-        f"\n{os.cpu_count()} cores, wrk -t1 -c{args.connections} -d{args.seconds}s, one worker;"
-        " a new body every request except for cache hits (MISS rows: cache on)"
+        f"\n{os.cpu_count()} cores, wrk -t1 -c{args.connections} -d{args.seconds}s, one worker,"
+        f" {pinned}; a new body every request but for cache hits (MISS rows: cache on)"
     )
     print(f"{'':26} {'req/s':>9} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for r in results:

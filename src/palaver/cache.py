@@ -89,14 +89,14 @@ class MemoryCache:
     """Entries live ``ttl`` seconds; the least recently used go first once there are more than
     ``max_entries`` or they weigh more than ``max_bytes``. Memory never grows past it.
 
-    Entries are kept as objects, so a hit costs no parsing; each weighs its JSON size plus a
-    fixed overhead, measured once when stored."""
+    Entries are kept as compact JSON bytes: exact to weigh, and invisible to the garbage
+    collector (thousands of cached dicts would make every full collection slower)."""
 
     def __init__(self, ttl: float, max_entries: int, max_bytes: int) -> None:
         self._ttl = ttl
         self._max_entries = max_entries
         self._max_bytes = max_bytes
-        self._entries: OrderedDict[str, tuple[float, int, Json]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[float, int, bytes]] = OrderedDict()
         self._bytes = 0
 
     available = True
@@ -123,15 +123,17 @@ class MemoryCache:
             self._drop(key)
             return None
         self._entries.move_to_end(key)
-        return entry[2]
+        found: Json = orjson.loads(entry[2])
+        return found
 
     async def set(self, key: str, value: Json) -> None:
-        weight = len(key) + len(orjson.dumps(value)) + ENTRY_OVERHEAD
+        raw = orjson.dumps(value)
+        weight = len(key) + len(raw) + ENTRY_OVERHEAD
         if weight > self._max_bytes:
             return
         if key in self._entries:
             self._drop(key)
-        self._entries[key] = (time.monotonic() + self._ttl, weight, value)
+        self._entries[key] = (time.monotonic() + self._ttl, weight, raw)
         self._bytes += weight
         while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
             self._drop(next(iter(self._entries)))

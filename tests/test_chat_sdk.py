@@ -9,7 +9,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageParam
 
-from tests.conftest import provider_entry, run_palaver
+from tests.conftest import provider_entry, run_palaver, run_upstream
 from tests.upstream import Upstream
 
 USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there"}]
@@ -237,3 +237,18 @@ async def test_async_client(palaver_url: str, upstream: Upstream) -> None:
         upstream.behave(status=429, times=1)
         with pytest.raises(openai.RateLimitError):
             await client.chat.completions.create(model="m", messages=USER)
+
+
+def test_models_retrieve() -> None:
+    with (
+        run_upstream("a") as a,
+        run_upstream("b") as b,
+        run_palaver([provider_entry(a, ["alpha"]), provider_entry(b, ["beta/v1"])]) as url,
+        openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0) as client,
+    ):
+        model = client.models.retrieve("alpha")
+        assert (model.id, model.owned_by, model.object) == ("alpha", "a", "model")
+        assert client.models.retrieve("beta/v1").owned_by == "b"
+        with pytest.raises(openai.NotFoundError) as caught:
+            client.models.retrieve("gamma")
+        assert caught.value.code == "model_not_found"

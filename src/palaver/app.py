@@ -31,6 +31,7 @@ Handler = Callable[[Scope, Receive, Send, str], Awaitable[None]]
 
 PUBLIC_PATHS = frozenset({"/health"})
 PREFIX_ROUTES = ("/v1/conversations", "/conversations")
+MODEL_ROUTES = ("/v1/models/", "/models/")
 
 
 def tenant_of(key: str) -> str:
@@ -46,6 +47,7 @@ class _Runtime:
     service: ChatService
     routes: dict[str, dict[str, Handler]]
     conversation_routes: Handler
+    model_route: Handler
     sweeper: asyncio.Task[None] | None
 
 
@@ -96,7 +98,7 @@ class Palaver:
         if idle_ttl:
             sweeper = asyncio.create_task(self._sweep(store, idle_ttl))
         self._runtime = _Runtime(
-            session, store, link, service, routes, conversation_routes, sweeper
+            session, store, link, service, routes, conversation_routes, handlers.model, sweeper
         )
         where = {
             "sqlite": f" at {settings.conversations.path}",
@@ -194,6 +196,8 @@ class Palaver:
                     raise MethodNotAllowed(f"Method {method} is not allowed on {path}.")
             elif path.startswith(PREFIX_ROUTES):
                 handler = runtime.conversation_routes
+            elif path.startswith(MODEL_ROUTES):
+                handler = runtime.model_route
             else:
                 raise NotFound(
                     f"Unknown request URL: {method} {scope['path']}.", code="unknown_url"

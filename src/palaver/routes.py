@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 import orjson
 
 from palaver.asgi import (
@@ -14,7 +16,7 @@ from palaver.asgi import (
     read_body,
     send_json,
 )
-from palaver.errors import UnsupportedMediaType
+from palaver.errors import MethodNotAllowed, NotFound, UnsupportedMediaType
 from palaver.protocol import model_list, parse_chat_request
 from palaver.providers import ProviderRouter
 from palaver.service import ChatCall, ChatService
@@ -74,6 +76,21 @@ class Handlers:
     async def models(self, scope: Scope, receive: Receive, send: Send, tenant: str) -> None:
         models = await self._router.list_models()
         await send_json(send, 200, orjson.dumps(model_list(models)))
+
+    async def model(self, scope: Scope, receive: Receive, send: Send, tenant: str) -> None:
+        """``GET /v1/models/{model}``: the model object, if some provider serves the name."""
+        if scope["method"] != "GET":
+            raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {scope['path']}.")
+        name = unquote(scope["path"].split("/models/", 1)[1])
+        owner = self._router.owner(name) if name else None
+        if owner is None:
+            raise NotFound(
+                f"The model '{name}' does not exist or no provider serves it.",
+                param="model",
+                code="model_not_found",
+            )
+        body = {"id": name, "object": "model", "created": 0, "owned_by": owner}
+        await send_json(send, 200, orjson.dumps(body))
 
     async def health(self, scope: Scope, receive: Receive, send: Send, tenant: str) -> None:
         await send_json(send, 200, HEALTH_BODY)

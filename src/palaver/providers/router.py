@@ -47,6 +47,11 @@ class ProviderRouter:
     def providers(self) -> list[Provider]:
         return self._providers
 
+    def owner(self, model: str) -> str | None:
+        """The name of a provider that serves ``model`` (None: none does)."""
+        pool = self._exact.get(model) or self._wildcard
+        return pool[0].name if pool else None
+
     def candidates(self, model: str) -> tuple[list[Provider], bool]:
         """The providers to try for ``model``, in this request's order, and if by wildcard."""
         exact = self._exact.get(model)

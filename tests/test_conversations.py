@@ -388,3 +388,16 @@ def test_failed_conversation_turn_on_unknown_model_creates_nothing(sqlite_palave
                 )
             with pytest.raises(openai.NotFoundError):
                 c.conversations.retrieve("ghost")
+
+
+def test_regenerating_client_sends_its_transcript_once(
+    sqlite_palaver: str, upstream: Upstream
+) -> None:
+    transcript: list[Any] = [SYSTEM, {"role": "user", "content": "one"}]
+    with client_for(sqlite_palaver) as client:
+        reply = ask(client, "regen", transcript)
+        transcript.append({"role": "assistant", "content": reply.choices[0].message.content})
+        transcript.append({"role": "user", "content": "two"})
+        ask(client, "regen", transcript)
+        ask(client, "regen", transcript)  # "regenerate": the same transcript again
+    assert sent_texts(upstream) == ["You are terse.", "one", "[up1] one", "two"]

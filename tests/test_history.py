@@ -70,3 +70,23 @@ def test_sent_history_is_trimmed_but_request_kept_whole() -> None:
     assert merged.sent[0] == S
     assert merged.sent[-2:] == [U3, {"role": "assistant", "content": "example"}]
     assert len(merged.sent) == 4
+
+
+def test_regenerating_the_last_answer_sends_the_transcript_once() -> None:
+    merged = merge([S, U1, A1, U2, A2], [S, U1, A1, U2], 50)
+    assert merged.sent == [S, U1, A1, U2]
+    assert merged.new == [U2]
+
+
+def test_editing_the_last_question_sends_the_transcript_once() -> None:
+    edited = {"role": "user", "content": "two, rather"}
+    merged = merge([S, U1, A1, U2, A2], [S, U1, A1, edited], 50)
+    assert merged.sent == [S, U1, A1, edited]
+    assert merged.new == [edited]
+
+
+def test_one_repeated_message_is_not_a_transcript() -> None:
+    # an only-new client asking the first question again still gets its history
+    merged = merge([S, U1, A1], [U1], 50)
+    assert merged.sent == [S, U1, A1, U1]
+    assert merged.new == [U1]

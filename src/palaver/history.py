@@ -2,9 +2,11 @@
 
 A client may send only its new messages, or the whole transcript it holds (or any tail of it).
 The last stored message marks the seam: if the request contains it, everything after its last
-occurrence is new, and the stored messages the request does not repeat are put before it;
-otherwise the whole request is new and the stored history is put before it. A system message
-identical to a stored one is neither stored nor sent twice.
+occurrence is new, and the stored messages the request does not repeat are put before it.
+Without a seam, a request that begins with the stored dialogue (at least a user message and
+its reply: a client regenerating or editing its last turn) is a whole transcript of its own
+and is sent as it is; any other request is new, and the stored history is put before it.
+A system message identical to a stored one is neither stored nor sent twice.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from palaver.priority import arrange, is_instruction, trim
+from palaver.priority import arrange, is_instruction, newest_user_index, trim
 from palaver.protocol import Message
 
 
@@ -67,7 +69,14 @@ def merge(history: Sequence[Message], request: list[Message], max_messages: int)
         k for k, m in zip(history_keys, history, strict=True) if is_instruction(m)
     }
     seam = _last_index(request_keys, history_keys[-1])
-    if seam is None:
+    shared = _shared_start(history, history_keys, request, request_keys) if seam is None else 0
+    if shared:
+        # The turn's question is stored again with its new answer, even when regenerated.
+        shared = min(shared, newest_user_index(request))
+        before = [m for m in history if is_instruction(m) and message_key(m) not in request_keys]
+        new = _without_repeats(request[shared:], stored_instructions)
+        outgoing = request
+    elif seam is None:
         before = list(history)
         new = _without_repeats(request, stored_instructions)
         outgoing = [
@@ -81,6 +90,30 @@ def merge(history: Sequence[Message], request: list[Message], max_messages: int)
         outgoing = request
     sent = trim(before + outgoing, max_messages, protect_from=len(before))
     return Merge(arrange(sent), new)
+
+
+MIN_SHARED_START = 2  # dialogue messages a request must share with the stored start
+
+
+def _shared_start(
+    history: Sequence[Message],
+    history_keys: list[tuple[Any, ...]],
+    request: list[Message],
+    request_keys: list[tuple[Any, ...]],
+) -> int:
+    """How far into ``request`` its dialogue (instructions aside) repeats the stored dialogue
+    from the start; 0 when fewer than ``MIN_SHARED_START`` messages agree."""
+    stored = [k for k, m in zip(history_keys, history, strict=True) if not is_instruction(m)]
+    matched = 0
+    end = 0
+    for index, (key, message) in enumerate(zip(request_keys, request, strict=True)):
+        if is_instruction(message):
+            continue
+        if matched >= len(stored) or key != stored[matched]:
+            break
+        matched += 1
+        end = index + 1
+    return end if matched >= MIN_SHARED_START else 0
 
 
 def _last_index(keys: list[tuple[Any, ...]], wanted: tuple[Any, ...]) -> int | None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import socketserver
+import threading
 import time
 from collections import Counter
+from typing import ClassVar
 
 import httpx2 as httpx
 import openai
@@ -177,3 +181,58 @@ def test_sse_headers_stop_buffering(palaver_url: str) -> None:
         assert r.headers["cache-control"] == "no-cache"
         assert r.headers["x-accel-buffering"] == "no"
         assert b"".join(r.iter_bytes()).endswith(b"data: [DONE]\n\n")
+
+
+class _DropFirstConnection(socketserver.BaseRequestHandler):
+    """Reads a request; drops the first connection unanswered, answers the later ones."""
+
+    seen: ClassVar[list[int]] = []
+
+    def handle(self) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += self.request.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(re.search(rb"content-length: (\d+)", head.lower()).group(1))  # type: ignore[union-attr]
+        while len(body) < length:
+            body += self.request.recv(65536)
+        self.seen.append(len(body))
+        if len(self.seen) == 1:
+            return  # closed without a word, as a server closing a kept-alive connection
+        answer = orjson.dumps(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "m",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "second try"},
+                        "finish_reason": "stop",
+                    }
+                ],
+            }
+        )
+        self.request.sendall(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            + f"content-length: {len(answer)}\r\n\r\n".encode()
+            + answer
+        )
+
+
+def test_connection_dropped_before_the_answer_is_retried_once() -> None:
+    _DropFirstConnection.seen = []
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _DropFirstConnection)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        only = {"name": "flaky", "base_url": f"http://127.0.0.1:{port}/v1"}
+        with run_palaver([only]) as url, _client(url) as client:
+            reply = client.chat.completions.create(model="m", messages=USER)
+        assert reply.choices[0].message.content == "second try"
+        assert len(_DropFirstConnection.seen) == 2
+    finally:
+        server.shutdown()
+        server.server_close()

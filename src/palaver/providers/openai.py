@@ -109,10 +109,18 @@ class OpenAIProvider:
         return _FirstByteDeadline(self.name, self._first_byte)
 
     async def _post(self, payload: Json, limits: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+        body = orjson.dumps(payload)
         try:
-            response = await self._session.post(
-                self._url, data=orjson.dumps(payload), headers=self._headers, timeout=limits
-            )
+            try:
+                response = await self._session.post(
+                    self._url, data=body, headers=self._headers, timeout=limits
+                )
+            except aiohttp.ServerDisconnectedError:
+                # A kept-alive connection the server closed as we sent (uvicorn-based servers
+                # close idle ones after 5 s): nothing was answered, so try once more afresh.
+                response = await self._session.post(
+                    self._url, data=body, headers=self._headers, timeout=limits
+                )
         except aiohttp.ConnectionTimeoutError:
             raise UpstreamTimeout(f"Provider {self.name} did not accept the connection.") from None
         except TimeoutError:

@@ -81,9 +81,7 @@ class Palaver:
         cache = _cache_backend(settings, link)
         service = ChatService(router, conversations, cache)
         handlers = Handlers(service, router, max_body)
-        conversation_routes = ConversationHandlers(
-            conversations, max_body, settings.conversations.max_messages
-        )
+        conversation_routes = ConversationHandlers(conversations, max_body)
         chat: dict[str, Handler] = {"POST": handlers.chat}
         models: dict[str, Handler] = {"GET": handlers.models}
         routes: dict[str, dict[str, Handler]] = {

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from palaver.protocol import _param_of
+from palaver.protocol import describe_validation_error
 
 
 class ConfigError(Exception):
@@ -194,7 +194,7 @@ def settings_from(
     try:
         settings = msgspec.convert(tree, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        message, param = _param_of(exc)
+        message, param = describe_validation_error(exc)
         where = f" (from {origin[param]})" if param and param in origin else ""
         raise ConfigError(f"{param or 'config'}: {message}{where}") from None
     _check_providers(settings, env)

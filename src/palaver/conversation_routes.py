@@ -21,14 +21,11 @@ from palaver.asgi import Receive, Scope, Send, read_body, send_json
 from palaver.conversations import ID_PATTERN, Conversations, not_found
 from palaver.errors import InvalidRequest, MethodNotAllowed, NotFound
 from palaver.items import conversation_object, from_items, to_items
-from palaver.priority import keep
 from palaver.protocol import Json
 from palaver.stores import (
-    AlreadyExists,
     ConversationInfo,
     NotOwner,
     StoredMessage,
-    new_conversation_id,
 )
 
 MAX_METADATA = 16
@@ -72,11 +69,10 @@ def _page(data: list[Json], has_more: bool) -> Json:
 
 
 class ConversationHandlers:
-    def __init__(self, conversations: Conversations, max_body: int, max_messages: int) -> None:
+    def __init__(self, conversations: Conversations, max_body: int) -> None:
         self._conversations = conversations
         self._store = conversations.store
         self._max_body = max_body
-        self._max_messages = max_messages
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, tenant: str) -> None:
         path: str = scope["path"]
@@ -141,16 +137,7 @@ class ConversationHandlers:
         body = await self._body(scope, receive)
         metadata = _metadata(body)
         messages = from_items(body.get("items") or [])
-        messages = [messages[i] for i in keep(messages, self._max_messages)]
-        while True:
-            try:
-                info = await self._store.create(new_conversation_id(), tenant, metadata, messages)
-                break
-            except AlreadyExists:  # pragma: no cover - 128 random bits
-                continue
-        await self._store.enforce_limits(
-            self._conversations.max_active, self._conversations.idle_ttl
-        )
+        info = await self._conversations.create(tenant, metadata, messages)
         await send_json(send, 200, orjson.dumps(conversation_object(info)))
 
     async def _list(self, scope: Scope, send: Send, tenant: str) -> None:

@@ -14,7 +14,13 @@ from palaver.errors import InvalidRequest, NotFound, ServiceUnavailable
 from palaver.history import merge
 from palaver.priority import keep
 from palaver.protocol import Json, Message
-from palaver.stores import ConversationInfo, ConversationStore, NotOwner, new_conversation_id
+from palaver.stores import (
+    AlreadyExists,
+    ConversationInfo,
+    ConversationStore,
+    NotOwner,
+    new_conversation_id,
+)
 
 log = logging.getLogger("palaver.conversations")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -53,14 +59,6 @@ class Conversations:
         self.store = store
         self._settings = settings
         self._select = functools.partial(_select, limit=settings.max_messages)
-
-    @property
-    def max_active(self) -> int:
-        return self._settings.max_active
-
-    @property
-    def idle_ttl(self) -> float:
-        return self._settings.idle_ttl_seconds
 
     async def begin(
         self, tenant: str, named: str | None, header: bytes | None, payload: Json
@@ -111,6 +109,20 @@ class Conversations:
             return False
         await self._after_write(info)
         return True
+
+    async def create(
+        self, tenant: str, metadata: dict[str, str], messages: list[Message]
+    ) -> ConversationInfo:
+        """A new conversation holding ``messages`` (trimmed like any other)."""
+        kept = [messages[i] for i in self._select(messages)]
+        while True:
+            try:
+                info = await self.store.create(new_conversation_id(), tenant, metadata, kept)
+                break
+            except AlreadyExists:  # pragma: no cover - 128 random bits
+                continue
+        await self._after_write(info)
+        return info
 
     async def add(
         self, conversation_id: str, tenant: str, messages: list[Message]

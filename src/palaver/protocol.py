@@ -201,7 +201,7 @@ _AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"missing required field `(?P<field>[^`]+)`")
 
 
-def _param_of(error: msgspec.ValidationError) -> tuple[str, str | None]:
+def describe_validation_error(error: msgspec.ValidationError) -> tuple[str, str | None]:
     """Split msgspec's "Expected `int`, got `str` - at `$.n`" into ("...", "n")."""
     text = str(error)
     match = _AT.search(text)
@@ -228,7 +228,7 @@ def parse_chat_request(body: bytes) -> tuple[ChatRequest, Json]:
     try:
         request = msgspec.convert(raw, ChatRequest)
     except msgspec.ValidationError as exc:
-        message, param = _param_of(exc)
+        message, param = describe_validation_error(exc)
         raise InvalidRequest(f"Invalid '{param}': {message}", param=param) from None
     for index, message_ in enumerate(request.messages):
         if (

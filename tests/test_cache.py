@@ -466,7 +466,9 @@ async def test_all_subscribers_gone_cancels_upstream(cached_url: str, upstream: 
 def test_cached_body_is_compact_json(cached_url: str) -> None:
     with client_for(cached_url) as client:
         create(client)
-        body = create(client).http_response.content
+        hit = create(client, extra_body={"conversation": "compact"})
+        assert hit.headers["x-cache"] == "HIT"
+        body = hit.http_response.content
     parsed = orjson.loads(body)
     assert parsed["object"] == "chat.completion"
-    assert "conversation" in parsed
+    assert parsed["conversation"] == "compact"

@@ -114,8 +114,12 @@ def test_streaming_turns_are_stored_with_tool_calls(
     ]
 
 
-def test_auto_create_and_continue(palaver_url: str, upstream: Upstream) -> None:
-    with client_for(palaver_url) as client:
+def test_auto_create_and_continue(upstream: Upstream) -> None:
+    settings = {"backend": "memory", "auto_create": True}
+    with (
+        run_palaver([provider_entry(upstream)], conversations=settings) as url,
+        client_for(url) as client,
+    ):
         raw = client.chat.completions.with_raw_response.create(
             model="m", messages=[{"role": "user", "content": "hi"}]
         )
@@ -126,15 +130,21 @@ def test_auto_create_and_continue(palaver_url: str, upstream: Upstream) -> None:
     assert sent_texts(upstream) == ["hi", "[up1] hi", "again"]
 
 
-def test_no_auto_create_means_no_conversation(upstream: Upstream) -> None:
-    settings = {"backend": "memory", "auto_create": False}
+def test_stateless_requests_start_no_conversation_by_default(upstream: Upstream) -> None:
+    """auto_create is off by default: stateless requests store nothing and evict nothing."""
+    settings = {"backend": "memory", "max_active": 5}
     with run_palaver([provider_entry(upstream)], conversations=settings) as url:
-        response = httpx.post(
-            url + "/v1/chat/completions",
-            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
-        )
-    assert "x-conversation-id" not in response.headers
-    assert "conversation" not in response.json()
+        with client_for(url) as client:
+            ask(client, "named", [{"role": "user", "content": "keep me"}])
+        for text in ("a", "b", "c", "d", "e", "f"):
+            response = httpx.post(
+                url + "/v1/chat/completions",
+                json={"model": "m", "messages": [{"role": "user", "content": text}]},
+            )
+            assert "x-conversation-id" not in response.headers
+            assert "conversation" not in response.json()
+        listed = httpx.get(url + "/v1/conversations").json()
+    assert [c["id"] for c in listed["data"]] == ["named"]
 
 
 def test_sdk_conversation_calls(palaver_url: str, upstream: Upstream) -> None:

@@ -61,7 +61,7 @@ class ConversationSettings(Struct, forbid_unknown_fields=True, kw_only=True):
     path: str = "palaver.sqlite3"
     max_messages: Annotated[int, Meta(ge=2)] = 50
     max_active: Annotated[int, Meta(ge=1)] = 1000
-    auto_create: bool = True
+    auto_create: bool = False
     idle_ttl_seconds: Annotated[float, Meta(ge=0)] = 0.0
 
 

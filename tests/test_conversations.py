@@ -11,7 +11,7 @@ import httpx2 as httpx
 import openai
 import pytest
 
-from tests.conftest import provider_entry, run_palaver, run_upstream
+from tests.conftest import provider_entry, redis_url_or_skip, run_palaver, run_upstream
 from tests.upstream import Upstream
 
 SYSTEM = {"role": "system", "content": "You are terse."}
@@ -309,31 +309,56 @@ async def test_twenty_concurrent_turns_lose_nothing(
         assert stored.index(f"[up1] q{n}") == stored.index(f"q{n}") + 1
 
 
-def test_two_keys_are_isolated(upstream: Upstream) -> None:
-    server = {"api_keys": ["sk-alice", "sk-bob"]}
-    with run_palaver([provider_entry(upstream)], server=server) as url:
+@pytest.mark.parametrize("backend", ["memory", "sqlite", "redis"])
+def test_an_id_names_a_conversation_within_its_key(
+    upstream: Upstream, tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """Two keys may use the same id; each sees only its own, and neither can learn whether
+    the other uses an id."""
+    sections: dict[str, Any] = {"server": {"api_keys": ["sk-alice", "sk-bob"]}}
+    sections["conversations"] = {"backend": backend, "path": str(tmp_path / "c.sqlite3")}
+    if backend == "redis":
+        sections["redis"] = {
+            "url": redis_url_or_skip(),
+            "key_prefix": request.getfixturevalue("redis_prefix"),
+        }
+    with run_palaver([provider_entry(upstream)], **sections) as url:
         with client_for(url, "sk-alice") as alice:
-            ask(alice, "private", [{"role": "user", "content": "my secret"}])
+            ask(alice, "trip-plan", [{"role": "user", "content": "my secret"}])
             mine = alice.conversations.create()
         with client_for(url, "sk-bob") as bob:
-            for call in (
-                lambda: ask(bob, "private", [{"role": "user", "content": "tell me"}]),
-                lambda: bob.conversations.retrieve("private"),
-                lambda: bob.conversations.items.list("private"),
+            for call in (  # alice's ids do not exist for bob: the same 404 as any unknown id
+                lambda: bob.conversations.retrieve("trip-plan"),
+                lambda: bob.conversations.items.list("trip-plan"),
+                lambda: bob.conversations.retrieve(mine.id),
                 lambda: bob.conversations.delete(mine.id),
+                lambda: bob.conversations.update(mine.id, metadata={"x": "y"}),
                 lambda: bob.conversations.items.create(
                     mine.id, items=[{"type": "message", "role": "user", "content": "x"}]
                 ),
             ):
-                with pytest.raises(openai.NotFoundError):
+                with pytest.raises(openai.NotFoundError) as raised:
                     call()
+                assert raised.value.status_code == 404
             listed = httpx.get(
                 url + "/v1/conversations", headers={"authorization": "Bearer sk-bob"}
             )
             assert listed.json()["data"] == []
+            reply = ask(bob, "trip-plan", [{"role": "user", "content": "bob's own"}])
+            assert reply.model_extra == {"conversation": "trip-plan"}
+            assert sent_texts(upstream) == ["bob's own"]  # nothing of alice's
+            assert texts(bob.conversations.items.list("trip-plan")) == [
+                "bob's own",
+                "[up1] bob's own",
+            ]
+            bob.conversations.delete("trip-plan")
         with client_for(url, "sk-alice") as alice:
-            assert len(list(alice.conversations.items.list("private"))) == 2
-    assert all("my secret" not in str(r.body) for r in upstream.chat_requests[1:])
+            assert texts(alice.conversations.items.list("trip-plan")) == [
+                "my secret",
+                "[up1] my secret",
+            ]
+            ask(alice, "trip-plan", [{"role": "user", "content": "still mine?"}])
+    assert sent_texts(upstream) == ["my secret", "[up1] my secret", "still mine?"]
 
 
 @pytest.mark.parametrize(

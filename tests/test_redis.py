@@ -144,7 +144,11 @@ def private_redis(port: int) -> Iterator[subprocess.Popen[bytes]]:
     if server is None:
         pytest.skip("redis-server is not installed")
     process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        [
+            server,
+            *("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
+            *("--enable-debug-command", "local"),  # DEBUG SLEEP stalls it in tests
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

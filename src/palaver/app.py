@@ -72,7 +72,17 @@ class Palaver:
     async def startup(self) -> None:
         settings = self.settings
         uses_redis = "redis" in (settings.cache.backend, settings.conversations.backend)
-        link = RedisLink(settings.redis.url, settings.redis.key_prefix) if uses_redis else None
+        redis = settings.redis
+        link = (
+            RedisLink(
+                redis.url,
+                redis.key_prefix,
+                max_connections=redis.max_connections,
+                pool_timeout=redis.pool_timeout,
+            )
+            if uses_redis
+            else None
+        )
         store = await open_store(settings.conversations, link)
         session = new_session()
         router = build_router(settings.providers, session)
@@ -137,11 +147,10 @@ class Palaver:
 
     async def _sweep(self, store: ConversationStore, idle_ttl: float) -> None:
         """Remove idle conversations now and then (loads also skip idle ones on their own)."""
-        max_active = self.settings.conversations.max_active
         while True:
             await asyncio.sleep(min(idle_ttl, 60.0))
             try:
-                await store.enforce_limits(max_active, idle_ttl)
+                await store.enforce_limits()
             except Exception:
                 log.exception("sweeping idle conversations failed")
 

@@ -68,6 +68,8 @@ class ConversationSettings(Struct, forbid_unknown_fields=True, kw_only=True):
 class RedisSettings(Struct, forbid_unknown_fields=True, kw_only=True):
     url: Annotated[str, Meta(pattern=r"^(redis|rediss|unix)://")] = "redis://127.0.0.1:6379/0"
     key_prefix: str = "palaver:"
+    max_connections: Annotated[int, Meta(ge=1, le=10_000)] = 128  # per process
+    pool_timeout: Seconds = 5.0  # wait for a free connection before failing the call
 
 
 class Settings(Struct, forbid_unknown_fields=True, kw_only=True):

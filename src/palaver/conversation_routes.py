@@ -22,11 +22,7 @@ from palaver.conversations import ID_PATTERN, Conversations, not_found
 from palaver.errors import InvalidRequest, MethodNotAllowed, NotFound
 from palaver.items import conversation_object, from_items, to_items
 from palaver.protocol import Json
-from palaver.stores import (
-    ConversationInfo,
-    NotOwner,
-    StoredMessage,
-)
+from palaver.stores import ConversationInfo, StoredMessage
 
 MAX_METADATA = 16
 
@@ -122,13 +118,10 @@ class ConversationHandlers:
     async def _load(
         self, conversation_id: str, tenant: str
     ) -> tuple[ConversationInfo, list[StoredMessage]]:
-        try:
-            loaded = await self._store.load(conversation_id, tenant)
-        except NotOwner:
-            loaded = None
-        if loaded is None:
+        snapshot = await self._store.load(conversation_id, tenant)
+        if snapshot.info is None:
             raise not_found(conversation_id)
-        return loaded
+        return snapshot.info, snapshot.messages
 
     async def _info(self, conversation_id: str, tenant: str) -> ConversationInfo:
         return (await self._load(conversation_id, tenant))[0]
@@ -151,20 +144,13 @@ class ConversationHandlers:
         self, scope: Scope, receive: Receive, send: Send, tenant: str, conversation_id: str
     ) -> None:
         metadata = _metadata(await self._body(scope, receive))
-        try:
-            info = await self._store.set_metadata(conversation_id, tenant, metadata)
-        except NotOwner:
-            info = None
+        info = await self._store.set_metadata(conversation_id, tenant, metadata)
         if info is None:
             raise not_found(conversation_id)
         await send_json(send, 200, orjson.dumps(conversation_object(info)))
 
     async def _delete(self, send: Send, tenant: str, conversation_id: str) -> None:
-        try:
-            deleted = await self._store.delete(conversation_id, tenant)
-        except NotOwner:
-            deleted = False
-        if not deleted:
+        if not await self._store.delete(conversation_id, tenant):
             raise not_found(conversation_id)
         body = {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
         await send_json(send, 200, orjson.dumps(body))
@@ -194,8 +180,7 @@ class ConversationHandlers:
         if "items" not in body:
             raise InvalidRequest("Missing required parameter: 'items'.", param="items")
         messages = from_items(body["items"])
-        await self._load(conversation_id, tenant)  # must exist: 404 otherwise
-        await self._conversations.add(conversation_id, tenant, messages)
+        await self._conversations.add(conversation_id, tenant, messages)  # 404 if none
         _, stored = await self._load(conversation_id, tenant)
         added = (
             [item for message in stored[-len(messages) :] for item in to_items(message)]

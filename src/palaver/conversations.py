@@ -3,23 +3,21 @@ and what is stored once the completion succeeded."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from palaver.config import ConversationSettings
 from palaver.errors import InvalidRequest, NotFound, ServiceUnavailable
 from palaver.history import merge
-from palaver.priority import keep
 from palaver.protocol import Json, Message
 from palaver.stores import (
     AlreadyExists,
     ConversationInfo,
     ConversationStore,
-    NotOwner,
+    Gone,
     new_conversation_id,
+    new_turn_id,
 )
 
 log = logging.getLogger("palaver.conversations")
@@ -41,7 +39,18 @@ class Turn:
     conversation_id: str
     tenant: str
     new: list[Message]
+    epoch: int  # the conversation's incarnation when the turn began (see stores.base)
     auto: bool = False  # created for this request, which named none
+    turn_id: str = field(default_factory=new_turn_id)
+
+
+def deleted_in_flight(conversation_id: str) -> NotFound:
+    return NotFound(
+        f"The conversation '{conversation_id}' was deleted while this request was in flight; "
+        "the reply was not stored.",
+        param="conversation",
+        code="conversation_not_found",
+    )
 
 
 def reply_message(message: Json) -> Message:
@@ -58,7 +67,6 @@ class Conversations:
     def __init__(self, store: ConversationStore, settings: ConversationSettings) -> None:
         self.store = store
         self._settings = settings
-        self._select = functools.partial(_select, limit=settings.max_messages)
 
     async def begin(
         self, tenant: str, named: str | None, header: bytes | None, payload: Json
@@ -78,71 +86,57 @@ class Conversations:
                     param="conversation",
                 )
             conversation_id = from_header
-        auto = conversation_id is None
         if conversation_id is None:
             if not self._settings.auto_create or not self.store.available:
                 return None  # with the store down, answer without starting a conversation
-            conversation_id = new_conversation_id()
             history: list[Message] = []
+            epoch, auto = 1, True
+            conversation_id = new_conversation_id()
         else:
-            try:
-                loaded = await self.store.load(conversation_id, tenant)
-            except NotOwner:
-                raise not_found(conversation_id, "conversation") from None
-            history = [] if loaded is None else [s.message for s in loaded[1]]
+            snapshot = await self.store.load(conversation_id, tenant)
+            history = [s.message for s in snapshot.messages]
+            epoch, auto = snapshot.epoch, False
         merged = merge(history, payload["messages"], self._settings.max_messages)
         payload["messages"] = merged.sent
-        return Turn(conversation_id, tenant, merged.new, auto)
+        return Turn(conversation_id, tenant, merged.new, epoch, auto)
 
     async def commit(self, turn: Turn, reply: Message) -> bool:
         """Store the turn; False if an auto-created conversation could not be (store down)."""
         try:
-            info = await self.store.append(
-                turn.conversation_id, turn.tenant, [*turn.new, reply], self._select
+            await self.store.append(
+                turn.conversation_id,
+                turn.tenant,
+                [*turn.new, reply],
+                epoch=turn.epoch,
+                turn=turn.turn_id,
             )
-        except NotOwner:
-            raise not_found(turn.conversation_id, "conversation") from None
+        except Gone:
+            raise deleted_in_flight(turn.conversation_id) from None
         except ServiceUnavailable:
             if not turn.auto:
                 raise
             log.warning("conversation store unavailable: answering without a conversation")
             return False
-        await self._after_write(info)
         return True
 
     async def create(
         self, tenant: str, metadata: dict[str, str], messages: list[Message]
     ) -> ConversationInfo:
         """A new conversation holding ``messages`` (trimmed like any other)."""
-        kept = [messages[i] for i in self._select(messages)]
         while True:
             try:
-                info = await self.store.create(new_conversation_id(), tenant, metadata, kept)
-                break
+                return await self.store.create(new_conversation_id(), tenant, metadata, messages)
             except AlreadyExists:  # pragma: no cover - 128 random bits
                 continue
-        await self._after_write(info)
-        return info
 
     async def add(
         self, conversation_id: str, tenant: str, messages: list[Message]
     ) -> ConversationInfo:
+        """Append items to an existing conversation (404 if there is none)."""
+        snapshot = await self.store.load(conversation_id, tenant)
+        if snapshot.info is None:
+            raise not_found(conversation_id)
         try:
-            info = await self.store.append(conversation_id, tenant, messages, self._select)
-        except NotOwner:
+            return await self.store.append(conversation_id, tenant, messages, epoch=snapshot.epoch)
+        except Gone:
             raise not_found(conversation_id) from None
-        await self._after_write(info)
-        return info
-
-    async def _after_write(self, info: ConversationInfo) -> None:
-        if info.created_at == info.updated_at:  # a conversation was born: mind the limits
-            try:
-                await self.store.enforce_limits(
-                    self._settings.max_active, self._settings.idle_ttl_seconds
-                )
-            except ServiceUnavailable:  # the turn is stored; cleanup happens on a later one
-                log.warning("could not enforce conversation limits: store unavailable")
-
-
-def _select(messages: Sequence[Message], limit: int) -> list[int]:
-    return keep(messages, limit)

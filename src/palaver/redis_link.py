@@ -1,18 +1,27 @@
 """One pooled Redis client per process, with tight timeouts and a breaker.
 
-When Redis fails, callers get ``RedisDown`` at once for the next second instead of each
-waiting out a timeout; then the next call tries again, so palaver recovers without a restart.
+- The pool holds up to ``max_connections``; a request that finds them all busy waits up to
+  ``pool_timeout`` for one. Running out is local load, not an outage: it fails that call
+  (``RedisBusy``) and leaves the breaker alone.
+- Every command has ``TIMEOUT_SECONDS`` to connect and as much to answer, and is sent once:
+  redis-py's own retries are off, so the timeout is the real one and nothing is silently
+  repeated (a repeated write is the caller's decision: see ``stores.redis``).
+- When Redis fails, callers get ``RedisDown`` at once for the next ``BREAK_SECONDS`` instead
+  of each waiting out a timeout; then the next call tries again, so palaver recovers without a
+  restart.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -23,47 +32,105 @@ log = logging.getLogger("palaver.redis")
 
 TIMEOUT_SECONDS = 0.5
 BREAK_SECONDS = 1.0
+CLOCK_REFRESH_SECONDS = 60.0
 
 
 class RedisDown(Exception):
     """Redis could not be reached (or was, a moment ago)."""
 
 
+class RedisBusy(RedisDown):
+    """Every pooled connection of this process stayed busy for ``pool_timeout``."""
+
+
+class _PoolExhausted(RedisConnectionError):
+    pass
+
+
+class _Pool(BlockingConnectionPool):
+    """Tells a wait for a free connection that timed out apart from a failed connection."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except RedisConnectionError as exc:
+            if isinstance(exc.__cause__, asyncio.TimeoutError):
+                raise _PoolExhausted("no free Redis connection in this process") from None
+            raise
+
+
 class RedisLink:
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        *,
+        max_connections: int = 128,
+        pool_timeout: float = 5.0,
+        timeout: float = TIMEOUT_SECONDS,
+    ) -> None:
         self.prefix = prefix
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
+        self.url = url
+        pool = _Pool.from_url(
             url,
-            socket_timeout=TIMEOUT_SECONDS,
-            socket_connect_timeout=TIMEOUT_SECONDS,
-            retry=Retry(NoBackoff(), 1),  # one retry, on a fresh connection (after a restart)
+            max_connections=max_connections,
+            timeout=pool_timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),  # sent once: the timeout is the real one
             health_check_interval=10,
         )
+        self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._down_until = 0.0
         self._was_down = False
+        self._clock_offset = 0.0
+        self._clock_at = -CLOCK_REFRESH_SECONDS
 
     @property
     def down(self) -> bool:
         return time.monotonic() < self._down_until
 
-    async def run(self, call: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
-        if self.down:
+    async def run(
+        self, call: Callable[[aioredis.Redis], Awaitable[T]], *, force: bool = False
+    ) -> T:
+        """``call(client)``; ``RedisDown`` if Redis fails or failed a moment ago (``force``:
+        try even then, to learn the outcome of a write in doubt)."""
+        if self.down and not force:
             raise RedisDown("Redis is unreachable")
         try:
             result = await call(self.client)
+        except _PoolExhausted as exc:
+            raise RedisBusy(str(exc)) from None
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            self._down_until = time.monotonic() + BREAK_SECONDS
-            if not self._was_down:
-                log.warning("Redis is unreachable: %s", exc)
-            self._was_down = True
-            # Pooled connections to a Redis that went away are dead: start afresh next time.
-            with contextlib.suppress(Exception):
-                await self.client.connection_pool.disconnect()
+            await self._trip(exc)
             raise RedisDown(str(exc)) from None
         if self._was_down:
             log.warning("Redis is reachable again")
             self._was_down = False
         return result
 
+    async def _trip(self, exc: Exception) -> None:
+        self._down_until = time.monotonic() + BREAK_SECONDS
+        if not self._was_down:
+            log.warning("Redis is unreachable: %s", exc)
+        self._was_down = True
+        # Idle pooled connections to a Redis that went away are dead: start afresh next time.
+        with contextlib.suppress(Exception):
+            await self.client.connection_pool.disconnect(inuse_connections=False)
+
+    async def clock(self) -> float:
+        """Redis's clock now, in seconds, as this process estimates it (its offset from the
+        local clock is measured once a minute with ``TIME``)."""
+        now = time.monotonic()
+        if now - self._clock_at >= CLOCK_REFRESH_SECONDS:
+            sent = time.time()
+            seconds, micros = await self.run(lambda r: r.time())
+            received = time.time()
+            self._clock_offset = seconds + micros / 1e6 - (sent + received) / 2
+            self._clock_at = now
+        return time.time() + self._clock_offset
+
     async def close(self) -> None:
-        await self.client.aclose()
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
+        await self.client.connection_pool.disconnect()

@@ -1,4 +1,4 @@
-"""Conversation stores behind one protocol: memory, sqlite (and redis with scale-out)."""
+"""Conversation stores behind one protocol: memory, sqlite and redis."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ from palaver.stores.base import (
     AlreadyExists,
     ConversationInfo,
     ConversationStore,
-    NotOwner,
+    Gone,
+    Limits,
+    Snapshot,
     StoredMessage,
     new_conversation_id,
+    new_turn_id,
 )
 from palaver.stores.memory import MemoryStore
 from palaver.stores.redis import RedisStore
@@ -20,24 +23,34 @@ __all__ = [
     "AlreadyExists",
     "ConversationInfo",
     "ConversationStore",
+    "Gone",
+    "Limits",
     "MemoryStore",
-    "NotOwner",
     "RedisStore",
+    "Snapshot",
     "SqliteStore",
     "StoredMessage",
     "new_conversation_id",
+    "new_turn_id",
     "open_store",
 ]
 
 
+def limits_of(settings: ConversationSettings) -> Limits:
+    return Limits(settings.max_messages, settings.max_active, settings.idle_ttl_seconds)
+
+
 async def open_store(settings: ConversationSettings, link: RedisLink | None) -> ConversationStore:
+    limits = limits_of(settings)
     if settings.backend == "redis":
         assert link is not None
-        return RedisStore(link, settings.idle_ttl_seconds)
+        redis = RedisStore(link, limits)
+        await redis.open()
+        return redis
     if settings.backend == "memory":
-        return MemoryStore(settings.idle_ttl_seconds)
+        return MemoryStore(limits)
     if settings.backend == "sqlite":
-        store = SqliteStore(settings.path, settings.idle_ttl_seconds)
-        await store.open()
-        return store
+        sqlite = SqliteStore(settings.path, limits)
+        await sqlite.open()
+        return sqlite
     raise ValueError(f"unknown conversations.backend {settings.backend!r}")

@@ -1,29 +1,47 @@
 """The conversation store protocol, which every backend (memory, sqlite, redis) implements.
 
-A conversation has one owner (the tenant that made it); stores check ownership themselves
-so that no backend can hand one tenant's messages to another. Every write is atomic: a turn's
-messages are stored together or not at all, and concurrent appends never lose a message.
+A conversation is named by its tenant (the API key it belongs to) and its id: two tenants may
+use the same id and each sees only its own, so no tenant can learn what ids another uses.
+
+Every write is atomic: a turn's messages, the trim to ``max_messages``, the indexes (recent
+use, the tenant's list) and the eviction of the least recently used past ``max_active``
+change together or not at all, and concurrent appends never lose a message.
+
+Deletion is final. Each incarnation of an id has an *epoch*: 1 for the first, one more than
+the last deleted one's for a conversation created after a deletion (a tombstone remembers the
+deleted epoch for a day). A turn reads the epoch when it begins and its append names it, so a
+turn that began before a deletion cannot bring the conversation back when it ends.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from palaver.protocol import Message
 
-# Given every message of a conversation after an append, the indices of those to keep.
-Selector = Callable[[Sequence[Message]], list[int]]
-
-
-class NotOwner(Exception):
-    """The conversation exists but belongs to another tenant."""
+TOMBSTONE_SECONDS = 86_400.0  # how long a deleted conversation's epoch is remembered
 
 
 class AlreadyExists(Exception):
     """``create`` was given an id that is taken."""
+
+
+class Gone(Exception):
+    """The conversation a write expected was deleted (or replaced) meanwhile."""
+
+
+class StoreBusy(Exception):
+    """The backend is reachable but this process cannot use it right now (all connections
+    busy): the request fails, and nothing suggests the backend is down."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_messages: int = 50  # per conversation, trimmed by instruction priority
+    max_active: int = 1000  # conversations kept; the least recently used go
+    idle_ttl: float = 0.0  # seconds without use before a conversation goes (0: never)
 
 
 @dataclass(slots=True)
@@ -34,6 +52,7 @@ class ConversationInfo:
     updated_at: float
     message_count: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
+    epoch: int = 1
 
 
 @dataclass(slots=True)
@@ -41,6 +60,16 @@ class StoredMessage:
     item_id: str
     created_at: float
     message: Message
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """What ``load`` found: the conversation (None if there is none), its messages oldest
+    first, and the epoch an append must name to continue it (or to start it)."""
+
+    info: ConversationInfo | None
+    messages: list[StoredMessage]
+    epoch: int
 
 
 def new_item_id() -> str:
@@ -51,30 +80,39 @@ def new_conversation_id() -> str:
     return "conv_" + secrets.token_hex(16)
 
 
+def new_turn_id() -> str:
+    return secrets.token_hex(12)
+
+
 class ConversationStore(Protocol):
     @property
     def available(self) -> bool:
         """False while the backend is known to be unreachable."""
         ...
 
-    async def load(
-        self, conversation_id: str, tenant: str
-    ) -> tuple[ConversationInfo, list[StoredMessage]] | None:
-        """The conversation and its messages, oldest first; None if unknown (or idle-expired).
-        Raises ``NotOwner``."""
+    async def load(self, conversation_id: str, tenant: str) -> Snapshot:
+        """The conversation as it is now (idle-expired ones are removed and reported absent)."""
         ...
 
     async def create(
         self, conversation_id: str, tenant: str, metadata: dict[str, str], messages: list[Message]
     ) -> ConversationInfo:
-        """A new conversation. Raises ``AlreadyExists``."""
+        """A new conversation holding ``messages`` (trimmed). Raises ``AlreadyExists``."""
         ...
 
     async def append(
-        self, conversation_id: str, tenant: str, messages: list[Message], select: Selector
+        self,
+        conversation_id: str,
+        tenant: str,
+        messages: list[Message],
+        *,
+        epoch: int,
+        turn: str | None = None,
     ) -> ConversationInfo:
-        """Append messages (creating the conversation if unknown), then keep only what
-        ``select`` chooses, atomically. Raises ``NotOwner``."""
+        """Append ``messages`` to the conversation of ``epoch`` (starting it if that epoch is
+        the next one), trim it, and evict past ``max_active``, atomically. ``turn`` makes the
+        append idempotent where a lost reply could make the caller repeat it.
+        Raises ``Gone`` when that epoch was deleted meanwhile."""
         ...
 
     async def set_metadata(
@@ -82,7 +120,7 @@ class ConversationStore(Protocol):
     ) -> ConversationInfo | None: ...
 
     async def delete(self, conversation_id: str, tenant: str) -> bool:
-        """True if it existed (and was the tenant's)."""
+        """True if it existed. Leaves a tombstone: in-flight turns on it are refused."""
         ...
 
     async def list(
@@ -92,9 +130,9 @@ class ConversationStore(Protocol):
         and whether there are more."""
         ...
 
-    async def enforce_limits(self, max_active: int, idle_ttl: float) -> int:
-        """Remove the least recently used past ``max_active`` and those idle for longer than
-        ``idle_ttl`` seconds (0: no limit). Returns how many went."""
+    async def enforce_limits(self) -> int:
+        """Remove the least recently used past ``max_active`` and those idle past ``idle_ttl``.
+        Returns how many went."""
         ...
 
     async def close(self) -> None: ...

@@ -6,15 +6,21 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from palaver.priority import keep
 from palaver.protocol import Message
 from palaver.stores.base import (
+    TOMBSTONE_SECONDS,
     AlreadyExists,
     ConversationInfo,
-    NotOwner,
-    Selector,
+    Gone,
+    Limits,
+    Snapshot,
     StoredMessage,
     new_item_id,
 )
+
+Key = tuple[str, str]  # (tenant, id)
+MAX_TOMBSTONES = 100_000  # memory stays bounded; the oldest are forgotten first
 
 
 @dataclass(slots=True)
@@ -28,75 +34,115 @@ class MemoryStore:
 
     available = True
 
-    def __init__(self, idle_ttl: float = 0.0) -> None:
-        self._idle_ttl = idle_ttl
-        self._items: OrderedDict[str, _Conversation] = OrderedDict()  # least recently used first
+    def __init__(self, limits: Limits | None = None) -> None:
+        self._limits = limits or Limits()
+        self._items: OrderedDict[Key, _Conversation] = OrderedDict()  # least recently used first
+        self._tombstones: dict[Key, tuple[int, float]] = {}  # deleted epoch, when
 
-    def _get(self, conversation_id: str, tenant: str) -> _Conversation | None:
-        found = self._items.get(conversation_id)
-        if found is None:
+    def _get(self, key: Key) -> _Conversation | None:
+        found = self._items.get(key)
+        idle_ttl = self._limits.idle_ttl
+        if found is not None and idle_ttl and found.info.updated_at < time.time() - idle_ttl:
+            self._remove(key)
             return None
-        if self._idle_ttl and found.info.updated_at < time.time() - self._idle_ttl:
-            del self._items[conversation_id]
-            return None
-        if found.info.tenant != tenant:
-            raise NotOwner(conversation_id)
         return found
 
-    async def load(
-        self, conversation_id: str, tenant: str
-    ) -> tuple[ConversationInfo, list[StoredMessage]] | None:
-        found = self._get(conversation_id, tenant)
-        return None if found is None else (found.info, list(found.messages))
+    def _remove(self, key: Key) -> None:
+        gone = self._items.pop(key)
+        tombstones = self._tombstones
+        tombstones.pop(key, None)  # re-inserted last: the dict stays oldest first
+        tombstones[key] = (gone.info.epoch, time.time())
+        if len(tombstones) > MAX_TOMBSTONES:
+            del tombstones[next(iter(tombstones))]
+
+    def _next_epoch(self, key: Key) -> int:
+        tombstone = self._tombstones.get(key)
+        return 1 if tombstone is None else tombstone[0] + 1
+
+    def _trim(self, conversation: _Conversation) -> None:
+        messages = conversation.messages
+        if len(messages) > self._limits.max_messages:
+            kept = keep([s.message for s in messages], self._limits.max_messages)
+            conversation.messages = [messages[i] for i in kept]
+        conversation.info.message_count = len(conversation.messages)
+
+    def _evict(self) -> int:
+        removed = 0
+        while len(self._items) > self._limits.max_active:
+            self._remove(next(iter(self._items)))
+            removed += 1
+        return removed
+
+    async def load(self, conversation_id: str, tenant: str) -> Snapshot:
+        key = (tenant, conversation_id)
+        found = self._get(key)
+        if found is None:
+            return Snapshot(None, [], self._next_epoch(key))
+        return Snapshot(found.info, list(found.messages), found.info.epoch)
 
     async def create(
         self, conversation_id: str, tenant: str, metadata: dict[str, str], messages: list[Message]
     ) -> ConversationInfo:
-        if conversation_id in self._items:
+        key = (tenant, conversation_id)
+        if self._get(key) is not None:
             raise AlreadyExists(conversation_id)
         now = time.time()
-        info = ConversationInfo(conversation_id, tenant, now, now, len(messages), dict(metadata))
-        stored = [StoredMessage(new_item_id(), now, m) for m in messages]
-        self._items[conversation_id] = _Conversation(info, stored)
+        info = ConversationInfo(
+            conversation_id, tenant, now, now, 0, dict(metadata), self._next_epoch(key)
+        )
+        created = _Conversation(info, [StoredMessage(new_item_id(), now, m) for m in messages])
+        self._trim(created)
+        self._items[key] = created
+        self._evict()
         return info
 
     async def append(
-        self, conversation_id: str, tenant: str, messages: list[Message], select: Selector
+        self,
+        conversation_id: str,
+        tenant: str,
+        messages: list[Message],
+        *,
+        epoch: int,
+        turn: str | None = None,
     ) -> ConversationInfo:
-        found = self._get(conversation_id, tenant)
+        key = (tenant, conversation_id)
+        found = self._get(key)
         now = time.time()
         if found is None:
-            found = _Conversation(ConversationInfo(conversation_id, tenant, now, now))
-            self._items[conversation_id] = found
+            if epoch != self._next_epoch(key):
+                raise Gone(conversation_id)
+            found = _Conversation(ConversationInfo(conversation_id, tenant, now, now, epoch=epoch))
+            self._items[key] = found
+        elif found.info.epoch != epoch:
+            raise Gone(conversation_id)
         found.messages.extend(StoredMessage(new_item_id(), now, m) for m in messages)
-        kept = select([s.message for s in found.messages])
-        if len(kept) != len(found.messages):
-            found.messages = [found.messages[i] for i in kept]
+        self._trim(found)
         found.info.updated_at = now
-        found.info.message_count = len(found.messages)
-        self._items.move_to_end(conversation_id)
+        self._items.move_to_end(key)
+        self._evict()
         return found.info
 
     async def set_metadata(
         self, conversation_id: str, tenant: str, metadata: dict[str, str]
     ) -> ConversationInfo | None:
-        found = self._get(conversation_id, tenant)
+        found = self._get((tenant, conversation_id))
         if found is None:
             return None
         found.info.metadata = dict(metadata)
         return found.info
 
     async def delete(self, conversation_id: str, tenant: str) -> bool:
-        if self._get(conversation_id, tenant) is None:
+        key = (tenant, conversation_id)
+        if self._get(key) is None:
             return False
-        del self._items[conversation_id]
+        self._remove(key)
         return True
 
     async def list(
         self, tenant: str, limit: int, after: str | None
     ) -> tuple[list[ConversationInfo], bool]:
         mine = sorted(
-            (c.info for c in self._items.values() if c.info.tenant == tenant),
+            (c.info for (owner, _), c in self._items.items() if owner == tenant),
             key=lambda info: (info.created_at, info.id),
             reverse=True,
         )
@@ -105,17 +151,20 @@ class MemoryStore:
             mine = mine[ids.index(after) + 1 :] if after in ids else []
         return mine[:limit], len(mine) > limit
 
-    async def enforce_limits(self, max_active: int, idle_ttl: float) -> int:
+    async def enforce_limits(self) -> int:
         removed = 0
-        if idle_ttl:
-            cutoff = time.time() - idle_ttl
+        now = time.time()
+        if self._limits.idle_ttl:
+            cutoff = now - self._limits.idle_ttl
             for key in [k for k, c in self._items.items() if c.info.updated_at < cutoff]:
-                del self._items[key]
+                self._remove(key)
                 removed += 1
-        while len(self._items) > max_active:
-            self._items.popitem(last=False)
-            removed += 1
+        removed += self._evict()
+        forgotten = now - TOMBSTONE_SECONDS
+        for key in [k for k, (_, at) in self._tombstones.items() if at < forgotten]:
+            del self._tombstones[key]
         return removed
 
     async def close(self) -> None:
         self._items.clear()
+        self._tombstones.clear()

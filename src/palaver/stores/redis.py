@@ -1,45 +1,58 @@
 """Conversations in Redis, shared by palaver processes on many machines.
 
-Keys (``p`` is ``redis.key_prefix``); the ``{...}`` hash tags keep a conversation's two keys
-in one Redis Cluster slot, so a transaction may touch both:
+Keys (``p`` is ``redis.key_prefix``, ``t`` the tenant, ``-`` for none); the ``{conv}`` hash
+tag keeps them in one Redis Cluster slot, so one script may touch them all:
 
-    p{c:<id>}:meta        hash: tenant, created_at, updated_at, count, metadata
-    p{c:<id>}:msgs        list: one JSON record per message
-    p{i}:lru              sorted set of ids by last use (cleanup of the least recently used)
-    p{i}:t:<tenant>       sorted set of a tenant's ids by creation (listing)
+    p{conv}:m:<t>:<id>    hash: created_at, updated_at, count, metadata, epoch
+    p{conv}:l:<t>:<id>    list: one JSON record per message, oldest first
+    p{conv}:s:<t>:<id>    list: each message's shape, for trimming (see ``redis_scripts``)
+    p{conv}:k:<t>:<id>    sorted set: the ids of the turns appended in the last minutes
+    p{conv}:x:<t>:<id>    the epoch of the deleted conversation (a tombstone, one day)
+    p{conv}:lru           sorted set of "<t>:<id>" by last use (eviction)
+    p{conv}:t:<t>         sorted set of a tenant's ids by creation (listing)
 
-An append is one optimistic transaction (WATCH, then MULTI/EXEC, retried on conflict): the
-messages are added and the conversation trimmed together, so concurrent turns from any number
-of processes never lose a message. The two indexes are updated right after.
+Every write is one Lua script (``redis_scripts``). A turn is stored exactly once or not at all,
+whatever the network does: each append carries a turn id (a repeat of an applied append is a
+no-op) and a deadline on Redis's clock (an append that reaches Redis after it does nothing).
+When an append's reply is lost, it is repeated until the deadline has surely passed; only
+then does the client hear that its turn was not stored.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
-from redis.exceptions import WatchError
+from redis.exceptions import RedisError
+from redis.typing import EncodableT
 
 from palaver.errors import ServiceUnavailable
 from palaver.protocol import Message
-from palaver.redis_link import RedisDown, RedisLink
+from palaver.redis_link import RedisBusy, RedisDown, RedisLink
+from palaver.stores import redis_scripts
 from palaver.stores.base import (
     AlreadyExists,
     ConversationInfo,
-    NotOwner,
-    Selector,
+    Gone,
+    Limits,
+    Snapshot,
     StoredMessage,
     new_item_id,
+    new_turn_id,
 )
+from palaver.stores.redis_layout import migrate_v1
 
 T = TypeVar("T")
-MAX_ATTEMPTS = 200
+log = logging.getLogger("palaver.redis")
+
+COMMIT_WINDOW = 1.0  # seconds an append may take to reach Redis before it is void
+CLOCK_MARGIN = 0.5  # how far the local estimate of Redis's clock may be off
+RETRY_PAUSE = 0.05
 
 
 def unavailable() -> ServiceUnavailable:
@@ -49,8 +62,27 @@ def unavailable() -> ServiceUnavailable:
     )
 
 
-def _multi(pipe: Pipeline) -> None:
-    pipe.multi()  # type: ignore[no-untyped-call]
+def busy() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "Conversation storage (Redis) is busy: every connection of this palaver is in use; "
+        "the conversation was not touched. Retry shortly."
+    )
+
+
+def shape(message: Message) -> bytes:
+    """What trimming needs to know of a message (see ``redis_scripts``)."""
+    role = message.get("role")
+    if role in ("system", "developer"):
+        return b'["s"]'
+    if role == "user":
+        return b'["u"]'
+    if role == "assistant":
+        calls = message.get("tool_calls") or ()
+        ids = [str(c["id"]) for c in calls if isinstance(c, dict) and "id" in c]
+        return orjson.dumps(["a", *ids])
+    if role == "tool":
+        return orjson.dumps(["t", str(message.get("tool_call_id"))])
+    return b'["o"]'
 
 
 def _record(message: Message, now: float) -> bytes:
@@ -62,255 +94,287 @@ def _stored(raw: bytes) -> StoredMessage:
     return StoredMessage(record["i"], record["t"], record["m"])
 
 
-def _info(conversation_id: str, meta: dict[bytes, bytes]) -> ConversationInfo:
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _reply_info(conversation_id: str, tenant: str, reply: list[Any]) -> ConversationInfo:
+    created, updated, count, metadata, epoch = reply[1:6]
     return ConversationInfo(
         conversation_id,
-        meta[b"tenant"].decode(),
-        float(meta[b"created_at"]),
-        float(meta[b"updated_at"]),
-        int(meta.get(b"count", b"0")),
-        orjson.loads(meta.get(b"metadata", b"{}")),
+        tenant,
+        float(created),
+        float(updated),
+        int(count),
+        orjson.loads(metadata),
+        int(epoch),
     )
 
 
 class RedisStore:
-    def __init__(self, link: RedisLink, idle_ttl: float = 0.0) -> None:
+    def __init__(self, link: RedisLink, limits: Limits | None = None) -> None:
         self._link = link
         self._p = link.prefix
-        self._idle_ttl = idle_ttl
+        self._limits = limits or Limits()
+        self._migrated = False
+        client = link.client
+        self._write = client.register_script(redis_scripts.WRITE)
+        self._set_metadata = client.register_script(redis_scripts.SET_METADATA)
+        self._delete = client.register_script(redis_scripts.DELETE)
+        self._enforce = client.register_script(redis_scripts.ENFORCE)
+
+    async def open(self) -> None:
+        """Move conversations stored by palaver 0.1 to this layout (once per Redis). With
+        Redis unreachable at startup, the first call that reaches it does this first."""
+        try:
+            await self._migrate(self._link.client)
+        except (RedisError, OSError):
+            log.warning("Redis is unreachable at startup: conversations are checked later")
+
+    async def _migrate(self, r: Redis) -> None:
+        moved = await migrate_v1(r, self._p)
+        self._migrated = True
+        if moved:
+            log.info("moved %d conversations of palaver 0.1 to the per-key layout", moved)
 
     @property
     def available(self) -> bool:
         return not self._link.down
 
-    def _meta(self, conversation_id: str) -> str:
-        return f"{self._p}{{c:{conversation_id}}}:meta"
+    def _key(self, kind: str, tenant: str, conversation_id: str) -> str:
+        return f"{self._p}{{conv}}:{kind}:{tenant or '-'}:{conversation_id}"
 
-    def _msgs(self, conversation_id: str) -> str:
-        return f"{self._p}{{c:{conversation_id}}}:msgs"
-
-    @property
-    def _lru(self) -> str:
-        return f"{self._p}{{i}}:lru"
-
-    def _tenant(self, tenant: str) -> str:
-        return f"{self._p}{{i}}:t:{tenant or '-'}"
+    def _keys(self, tenant: str, conversation_id: str) -> list[str]:
+        keys = [self._key(kind, tenant, conversation_id) for kind in "mlskx"]
+        return [*keys, f"{self._p}{{conv}}:lru", f"{self._p}{{conv}}:t:{tenant or '-'}"]
 
     async def _run(self, call: Callable[[Redis], Awaitable[T]]) -> T:
         try:
+            if not self._migrated:
+                await self._link.run(self._migrate)
             return await self._link.run(call)
+        except RedisBusy:
+            raise busy() from None
         except RedisDown:
             raise unavailable() from None
 
-    def _expired(self, meta: dict[bytes, bytes]) -> bool:
-        return bool(self._idle_ttl) and float(meta[b"updated_at"]) < time.time() - self._idle_ttl
-
     # -- reading ---------------------------------------------------------------------------
 
-    async def load(
-        self, conversation_id: str, tenant: str
-    ) -> tuple[ConversationInfo, list[StoredMessage]] | None:
-        async def load(r: Redis) -> tuple[dict[bytes, bytes], list[bytes]]:
-            async with r.pipeline(transaction=True) as pipe:
-                pipe.hgetall(self._meta(conversation_id))
-                pipe.lrange(self._msgs(conversation_id), 0, -1)
-                meta, raw = await pipe.execute()
-            return meta, raw
+    async def load(self, conversation_id: str, tenant: str) -> Snapshot:
+        meta_key = self._key("m", tenant, conversation_id)
+        list_key = self._key("l", tenant, conversation_id)
+        tombstone = self._key("x", tenant, conversation_id)
 
-        meta, raw = await self._run(load)
+        async def load(r: Redis) -> list[Any]:
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.hgetall(meta_key)
+                pipe.lrange(list_key, 0, -1)
+                pipe.get(tombstone)
+                found: list[Any] = await pipe.execute()
+            return found
+
+        meta, raw, dead = await self._run(load)
+        next_epoch = int(dead or 0) + 1
         if not meta:
-            return None
-        if self._expired(meta):
-            await self._forget([conversation_id])
-            return None
-        info = _info(conversation_id, meta)
-        if info.tenant != tenant:
-            raise NotOwner(conversation_id)
-        return info, [_stored(item) for item in raw]
+            return Snapshot(None, [], next_epoch)
+        info = ConversationInfo(
+            conversation_id,
+            tenant,
+            float(meta[b"created_at"]),
+            float(meta[b"updated_at"]),
+            int(meta.get(b"count", b"0")),
+            orjson.loads(meta.get(b"metadata", b"{}")),
+            int(meta.get(b"epoch", b"1")),
+        )
+        idle_ttl = self._limits.idle_ttl
+        if idle_ttl and info.updated_at < time.time() - idle_ttl:
+            await self.delete(conversation_id, tenant)
+            return Snapshot(None, [], info.epoch + 1)
+        return Snapshot(info, [_stored(item) for item in raw], info.epoch)
 
     # -- writing ---------------------------------------------------------------------------
 
-    async def _transaction(
-        self, conversation_id: str, body: Callable[[Pipeline], Awaitable[T]]
-    ) -> T:
-        """Run ``body`` under WATCH of the conversation's keys until its EXEC goes through."""
+    async def _commit(
+        self,
+        conversation_id: str,
+        tenant: str,
+        messages: list[Message],
+        *,
+        mode: str,
+        epoch: int,
+        turn: str,
+        metadata: dict[str, str],
+    ) -> ConversationInfo:
+        """Run the write script so that it applies exactly once or not at all, and say which."""
+        try:
+            deadline = await self._link.clock() + COMMIT_WINDOW
+        except RedisBusy:
+            raise busy() from None
+        except RedisDown:
+            raise unavailable() from None
+        give_up = time.time() + COMMIT_WINDOW + CLOCK_MARGIN
+        now = time.time()
+        limits = self._limits
+        args: list[EncodableT] = [
+            self._p,
+            tenant or "-",
+            conversation_id,
+            mode,
+            epoch,
+            turn,
+            repr(deadline),
+            limits.max_messages,
+            limits.max_active,
+            repr(limits.idle_ttl),
+            orjson.dumps(metadata),
+            len(messages),
+            *(_record(m, now) for m in messages),
+            *(shape(m) for m in messages),
+        ]
+        keys = self._keys(tenant, conversation_id)
 
-        async def attempt(r: Redis) -> T:
-            for tries in range(MAX_ATTEMPTS):
-                async with r.pipeline(transaction=True) as pipe:
-                    try:
-                        await pipe.watch(self._meta(conversation_id), self._msgs(conversation_id))
-                        return await body(pipe)
-                    except WatchError:
-                        await asyncio.sleep(random.uniform(0, 0.002 * min(tries + 1, 10)))
+        async def write(r: Redis) -> list[Any]:
+            reply: list[Any] = await self._write(keys=keys, args=args, client=r)
+            return reply
+
+        if self._link.down:  # known unreachable: nothing is sent
             raise unavailable()
+        if not self._migrated:
+            await self._run(self._migrate)
+        try:
+            reply = await self._link.run(write, force=True)
+        except RedisBusy:  # no connection was free: nothing was sent
+            raise busy() from None
+        except RedisDown:  # sent, perhaps applied, its answer lost
+            reply = await self._settle(write, give_up)
+        status = _text(reply[0])
+        if status in ("ok", "dup") and len(reply) > 1:
+            return _reply_info(conversation_id, tenant, reply)
+        if status == "dup":  # applied, then deleted by someone else: it was stored
+            return ConversationInfo(conversation_id, tenant, now, now, epoch=epoch)
+        if status == "gone":
+            raise Gone(conversation_id)
+        if status == "exists":
+            raise AlreadyExists(conversation_id)
+        raise unavailable()  # "late": it reached Redis after its deadline and did nothing
 
-        return await self._run(attempt)
+    async def _settle(
+        self, write: Callable[[Redis], Awaitable[list[Any]]], give_up: float
+    ) -> list[Any]:
+        """The write may or may not have been applied: repeat it (a repeat of an applied write
+        says "dup", one past the deadline "late") until Redis answers or the deadline has
+        surely passed on Redis's clock, when no copy still on its way can apply any more."""
+        while time.time() < give_up:
+            await asyncio.sleep(RETRY_PAUSE)
+            try:
+                return await self._link.run(write, force=True)
+            except RedisDown:
+                continue
+        log.warning("a conversation write stayed in doubt past its deadline: not stored")
+        raise unavailable()
 
     async def create(
         self, conversation_id: str, tenant: str, metadata: dict[str, str], messages: list[Message]
     ) -> ConversationInfo:
-        now = time.time()
-
-        async def create(pipe: Pipeline) -> ConversationInfo:
-            if await pipe.exists(self._meta(conversation_id)):
-                raise AlreadyExists(conversation_id)
-            _multi(pipe)
-            pipe.hset(
-                self._meta(conversation_id),
-                mapping={
-                    "tenant": tenant,
-                    "created_at": repr(now),
-                    "updated_at": repr(now),
-                    "count": len(messages),
-                    "metadata": orjson.dumps(metadata),
-                },
-            )
-            if messages:
-                pipe.rpush(self._msgs(conversation_id), *(_record(m, now) for m in messages))
-            await pipe.execute()
-            return ConversationInfo(conversation_id, tenant, now, now, len(messages), metadata)
-
-        info = await self._transaction(conversation_id, create)
-        await self._index(info, created=True)
-        return info
+        return await self._commit(
+            conversation_id,
+            tenant,
+            messages,
+            mode="create",
+            epoch=0,
+            turn=new_turn_id(),
+            metadata=metadata,
+        )
 
     async def append(
-        self, conversation_id: str, tenant: str, messages: list[Message], select: Selector
+        self,
+        conversation_id: str,
+        tenant: str,
+        messages: list[Message],
+        *,
+        epoch: int,
+        turn: str | None = None,
     ) -> ConversationInfo:
-        async def append(pipe: Pipeline) -> tuple[ConversationInfo, bool]:
-            now = time.time()
-            meta_key, msgs_key = self._meta(conversation_id), self._msgs(conversation_id)
-            meta: Any = await pipe.hgetall(meta_key)
-            fresh = not meta or self._expired(meta)
-            if fresh:
-                info = ConversationInfo(conversation_id, tenant, now, now)
-                current: list[bytes] = []
-            else:
-                info = _info(conversation_id, meta)
-                if info.tenant != tenant:
-                    raise NotOwner(conversation_id)
-                stored: Any = await pipe.lrange(msgs_key, 0, -1)
-                current = list(stored)
-            added = [_record(m, now) for m in messages]
-            records = current + added
-            kept = select([orjson.loads(r)["m"] for r in records])
-            _multi(pipe)
-            if fresh:
-                pipe.delete(msgs_key)
-                pipe.hset(
-                    meta_key,
-                    mapping={
-                        "tenant": tenant,
-                        "created_at": repr(now),
-                        "metadata": b"{}",
-                    },
-                )
-            if len(kept) == len(records):
-                if added:
-                    pipe.rpush(msgs_key, *added)
-            else:
-                pipe.delete(msgs_key)
-                pipe.rpush(msgs_key, *(records[i] for i in kept))
-            pipe.hset(meta_key, mapping={"updated_at": repr(now), "count": len(kept)})
-            await pipe.execute()
-            info.updated_at = now
-            info.message_count = len(kept)
-            return info, fresh
-
-        info, fresh = await self._transaction(conversation_id, append)
-        await self._index(info, created=fresh)
-        return info
-
-    async def _index(self, info: ConversationInfo, created: bool) -> None:
-        async def index(r: Redis) -> None:
-            async with r.pipeline(transaction=False) as pipe:
-                pipe.zadd(self._lru, {info.id: info.updated_at})
-                if created:
-                    pipe.zadd(self._tenant(info.tenant), {info.id: info.created_at})
-                await pipe.execute()
-
-        await self._run(index)
+        return await self._commit(
+            conversation_id,
+            tenant,
+            messages,
+            mode="turn",
+            epoch=epoch,
+            turn=turn or new_turn_id(),
+            metadata={},
+        )
 
     async def set_metadata(
         self, conversation_id: str, tenant: str, metadata: dict[str, str]
     ) -> ConversationInfo | None:
-        async def update(pipe: Pipeline) -> ConversationInfo | None:
-            meta: Any = await pipe.hgetall(self._meta(conversation_id))
-            if not meta:
-                return None
-            info = _info(conversation_id, meta)
-            if info.tenant != tenant:
-                raise NotOwner(conversation_id)
-            _multi(pipe)
-            pipe.hset(self._meta(conversation_id), "metadata", orjson.dumps(metadata))
-            await pipe.execute()
-            info.metadata = dict(metadata)
-            return info
+        keys = self._keys(tenant, conversation_id)
+        args: list[EncodableT] = [self._p, tenant or "-", conversation_id, self._limits.idle_ttl]
 
-        return await self._transaction(conversation_id, update)
+        async def update(r: Redis) -> list[Any]:
+            reply: list[Any] = await self._set_metadata(
+                keys=keys, args=[*args, orjson.dumps(metadata)], client=r
+            )
+            return reply
+
+        reply = await self._run(update)
+        if _text(reply[0]) != "ok":
+            return None
+        return _reply_info(conversation_id, tenant, reply)
 
     async def delete(self, conversation_id: str, tenant: str) -> bool:
-        meta: Any = await self._run(lambda r: r.hgetall(self._meta(conversation_id)))
-        if not meta:
-            return False
-        if meta[b"tenant"].decode() != tenant:
-            raise NotOwner(conversation_id)
-        await self._forget([conversation_id])
-        return True
+        keys = self._keys(tenant, conversation_id)
+        args: list[EncodableT] = [self._p, tenant or "-", conversation_id, self._limits.idle_ttl]
 
-    async def _forget(self, ids: list[str]) -> None:
-        """Delete conversations and their index entries."""
+        async def delete(r: Redis) -> int:
+            return int(await self._delete(keys=keys, args=args, client=r))
 
-        async def forget(r: Redis) -> None:
-            for conversation_id in ids:
-                tenant: Any = await r.hget(self._meta(conversation_id), "tenant")
-                async with r.pipeline(transaction=False) as pipe:
-                    pipe.delete(self._meta(conversation_id), self._msgs(conversation_id))
-                    pipe.zrem(self._lru, conversation_id)
-                    if tenant is not None:
-                        pipe.zrem(self._tenant(tenant.decode()), conversation_id)
-                    await pipe.execute()
+        return bool(await self._run(delete))
 
-        await self._run(forget)
+    async def enforce_limits(self) -> int:
+        keys = [f"{self._p}{{conv}}:lru"]
+        args: list[EncodableT] = [self._p, self._limits.max_active, self._limits.idle_ttl]
 
-    async def enforce_limits(self, max_active: int, idle_ttl: float) -> int:
-        async def doomed(r: Redis) -> list[str]:
-            found: list[Any] = []
-            if idle_ttl:
-                found += await r.zrangebyscore(self._lru, "-inf", time.time() - idle_ttl)
-            excess: Any = await r.zcard(self._lru) - max_active
-            if excess > 0:
-                found += await r.zrange(self._lru, 0, excess - 1)
-            return list(dict.fromkeys(i.decode() for i in found))
+        async def enforce(r: Redis) -> int:
+            return int(await self._enforce(keys=keys, args=args, client=r))
 
-        ids = await self._run(doomed)
-        if ids:
-            await self._forget(ids)
-        return len(ids)
+        return await self._run(enforce)
 
     async def list(
         self, tenant: str, limit: int, after: str | None
     ) -> tuple[list[ConversationInfo], bool]:
-        index = self._tenant(tenant)
+        index = f"{self._p}{{conv}}:t:{tenant or '-'}"
 
-        async def page(r: Redis) -> tuple[list[ConversationInfo], bool]:
+        async def page(r: Redis) -> tuple[list[Any], list[Any]]:
             start = 0
             if after is not None:
                 rank: Any = await r.zrevrank(index, after)
                 if rank is None:
-                    return [], False
+                    return [], []
                 start = rank + 1
             found: Any = await r.zrevrange(index, start, start + limit)
-            ids = [i.decode() for i in found]
+            ids = [_text(i) for i in found]
             async with r.pipeline(transaction=False) as pipe:
                 for conversation_id in ids[:limit]:
-                    pipe.hgetall(self._meta(conversation_id))
-                metas = await pipe.execute()
-            infos = [_info(i, m) for i, m in zip(ids, metas, strict=False) if m]
-            return infos, len(ids) > limit
+                    pipe.hgetall(self._key("m", tenant, conversation_id))
+                metas: list[Any] = await pipe.execute()
+            return ids, metas
 
-        return await self._run(page)
+        ids, metas = await self._run(page)
+        infos = [
+            ConversationInfo(
+                conversation_id,
+                tenant,
+                float(meta[b"created_at"]),
+                float(meta[b"updated_at"]),
+                int(meta.get(b"count", b"0")),
+                orjson.loads(meta.get(b"metadata", b"{}")),
+                int(meta.get(b"epoch", b"1")),
+            )
+            for conversation_id, meta in zip(ids, metas, strict=False)
+            if meta
+        ]
+        return infos, len(ids) > limit
 
     async def close(self) -> None:
         """The link belongs to the app, which closes it."""

@@ -3,7 +3,8 @@
 Every call runs as one transaction on a single thread of its own, so the event loop never
 waits on the disk and no two calls of a process interleave. WAL mode lets readers run beside
 the writer; ``BEGIN IMMEDIATE`` and a busy timeout serialise writers across processes, so
-concurrent turns on one conversation never lose a message.
+concurrent turns on one conversation never lose a message. The schema is versioned
+(``PRAGMA user_version``) and older files are migrated when opened (``sqlite_schema``).
 """
 
 from __future__ import annotations
@@ -18,54 +19,40 @@ from typing import Any, TypeVar
 
 import orjson
 
+from palaver.priority import keep
 from palaver.protocol import Message
 from palaver.stores.base import (
+    TOMBSTONE_SECONDS,
     AlreadyExists,
     ConversationInfo,
-    NotOwner,
-    Selector,
+    Gone,
+    Limits,
+    Snapshot,
     StoredMessage,
     new_item_id,
 )
+from palaver.stores.sqlite_schema import migrate
 
 T = TypeVar("T")
+Db = sqlite3.Connection
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS conversations (
-    id TEXT PRIMARY KEY,
-    tenant TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    message_count INTEGER NOT NULL DEFAULT 0,
-    metadata TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS conversations_by_use ON conversations (updated_at);
-CREATE INDEX IF NOT EXISTS conversations_by_tenant ON conversations (tenant, created_at, id);
-CREATE TABLE IF NOT EXISTS messages (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    conversation_id TEXT NOT NULL,
-    item_id TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages (conversation_id, seq);
-"""
-
-_INFO = "id, tenant, created_at, updated_at, message_count, metadata"
+_INFO = "id, tenant, created_at, updated_at, message_count, metadata, epoch"
+_WHERE = "tenant = ? AND id = ?"
+_MESSAGES = "tenant = ? AND conversation_id = ?"
 
 
 def _info(row: Any) -> ConversationInfo:
-    return ConversationInfo(row[0], row[1], row[2], row[3], row[4], orjson.loads(row[5]))
+    return ConversationInfo(row[0], row[1], row[2], row[3], row[4], orjson.loads(row[5]), row[6])
 
 
 class SqliteStore:
     available = True
 
-    def __init__(self, path: str, idle_ttl: float = 0.0) -> None:
+    def __init__(self, path: str, limits: Limits | None = None) -> None:
         self._path = path
-        self._idle_ttl = idle_ttl
+        self._limits = limits or Limits()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="palaver-sqlite")
-        self._db: sqlite3.Connection | None = None
+        self._db: Db | None = None
 
     async def open(self) -> None:
         await self._run(self._open)
@@ -77,13 +64,13 @@ class SqliteStore:
         db.execute("PRAGMA busy_timeout = 10000")
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
-        db.executescript(SCHEMA)
+        migrate(db)
         self._db = db
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
-    def _transaction(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
+    def _transaction(self, fn: Callable[[Db], T], write: bool) -> T:
         db = self._db
         assert db is not None, "SqliteStore.open() was not awaited"
         db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -95,151 +82,198 @@ class SqliteStore:
         db.execute("COMMIT")
         return result
 
+    async def _write(self, fn: Callable[[Db], T]) -> T:
+        return await self._run(self._transaction, fn, True)
+
     # -- helpers run inside a transaction ------------------------------------------------------
 
-    def _find(self, db: sqlite3.Connection, conversation_id: str, tenant: str) -> Any:
-        row = db.execute(f"SELECT {_INFO} FROM conversations WHERE id = ?", (conversation_id,))
-        found = row.fetchone()
-        if found is None:
+    def _find(self, db: Db, conversation_id: str, tenant: str) -> ConversationInfo | None:
+        row = db.execute(
+            f"SELECT {_INFO} FROM conversations WHERE {_WHERE}", (tenant, conversation_id)
+        ).fetchone()
+        if row is None:
             return None
-        if self._idle_ttl and found[3] < time.time() - self._idle_ttl:
-            self._remove(db, [conversation_id])
+        info = _info(row)
+        idle_ttl = self._limits.idle_ttl
+        if idle_ttl and info.updated_at < time.time() - idle_ttl:
+            self._remove(db, [(tenant, conversation_id, info.epoch)])
             return None
-        if found[1] != tenant:
-            raise NotOwner(conversation_id)
-        return found
+        return info
 
     @staticmethod
-    def _remove(db: sqlite3.Connection, ids: list[str]) -> None:
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            db.execute(f"DELETE FROM messages WHERE conversation_id IN ({marks})", chunk)
-            db.execute(f"DELETE FROM conversations WHERE id IN ({marks})", chunk)
+    def _next_epoch(db: Db, conversation_id: str, tenant: str) -> int:
+        row = db.execute(
+            f"SELECT epoch FROM tombstones WHERE {_WHERE}", (tenant, conversation_id)
+        ).fetchone()
+        return 1 if row is None else int(row[0]) + 1
+
+    @staticmethod
+    def _remove(db: Db, doomed: list[tuple[str, str, int]]) -> None:
+        """Delete conversations (tenant, id, epoch), leaving their tombstones."""
+        now = time.time()
+        pairs = [(tenant, cid) for tenant, cid, _ in doomed]
+        db.executemany(f"DELETE FROM messages WHERE {_MESSAGES}", pairs)
+        db.executemany(f"DELETE FROM conversations WHERE {_WHERE}", pairs)
+        db.executemany(
+            "INSERT OR REPLACE INTO tombstones (tenant, id, epoch, deleted_at) VALUES (?, ?, ?, ?)",
+            [(tenant, cid, epoch, now) for tenant, cid, epoch in doomed],
+        )
 
     @staticmethod
     def _insert(
-        db: sqlite3.Connection, conversation_id: str, messages: list[Message], now: float
+        db: Db, conversation_id: str, tenant: str, messages: list[Message], now: float
     ) -> None:
         db.executemany(
-            "INSERT INTO messages (conversation_id, item_id, created_at, body) VALUES (?, ?, ?, ?)",
-            [(conversation_id, new_item_id(), now, orjson.dumps(m).decode()) for m in messages],
+            "INSERT INTO messages (tenant, conversation_id, item_id, created_at, body)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [
+                (tenant, conversation_id, new_item_id(), now, orjson.dumps(m).decode())
+                for m in messages
+            ],
         )
+
+    def _trim(self, db: Db, conversation_id: str, tenant: str, count: int) -> int:
+        """Trim to ``max_messages`` by instruction priority; the count that remains."""
+        limit = self._limits.max_messages
+        if count <= limit:
+            return count
+        rows = db.execute(
+            f"SELECT seq, body FROM messages WHERE {_MESSAGES} ORDER BY seq",
+            (tenant, conversation_id),
+        ).fetchall()
+        kept = set(keep([orjson.loads(r[1]) for r in rows], limit))
+        db.executemany(
+            "DELETE FROM messages WHERE seq = ?",
+            [(r[0],) for i, r in enumerate(rows) if i not in kept],
+        )
+        return len(kept)
+
+    def _evict(self, db: Db) -> int:
+        """Remove the least recently used past ``max_active``; forget old tombstones."""
+        doomed = db.execute(
+            "SELECT tenant, id, epoch FROM conversations"
+            " ORDER BY updated_at DESC LIMIT -1 OFFSET ?",
+            (self._limits.max_active,),
+        ).fetchall()
+        self._remove(db, doomed)
+        db.execute(
+            "DELETE FROM tombstones WHERE deleted_at < ?", (time.time() - TOMBSTONE_SECONDS,)
+        )
+        return len(doomed)
+
+    def _start(
+        self, db: Db, info: ConversationInfo, messages: list[Message], now: float
+    ) -> ConversationInfo:
+        db.execute(
+            f"INSERT INTO conversations ({_INFO}) VALUES (?, ?, ?, ?, 0, ?, ?)",
+            (info.id, info.tenant, now, now, orjson.dumps(info.metadata).decode(), info.epoch),
+        )
+        self._insert(db, info.id, info.tenant, messages, now)
+        info.message_count = self._trim(db, info.id, info.tenant, len(messages))
+        db.execute(
+            f"UPDATE conversations SET message_count = ? WHERE {_WHERE}",
+            (info.message_count, info.tenant, info.id),
+        )
+        self._evict(db)
+        return info
 
     # -- the protocol ----------------------------------------------------------------------------
 
-    async def load(
-        self, conversation_id: str, tenant: str
-    ) -> tuple[ConversationInfo, list[StoredMessage]] | None:
-        def load(db: sqlite3.Connection) -> tuple[ConversationInfo, list[StoredMessage]] | None:
-            found = self._find(db, conversation_id, tenant)
-            if found is None:
-                return None
+    async def load(self, conversation_id: str, tenant: str) -> Snapshot:
+        def load(db: Db) -> Snapshot:
+            info = self._find(db, conversation_id, tenant)
+            if info is None:
+                return Snapshot(None, [], self._next_epoch(db, conversation_id, tenant))
             rows = db.execute(
-                "SELECT item_id, created_at, body FROM messages"
-                " WHERE conversation_id = ? ORDER BY seq",
-                (conversation_id,),
+                f"SELECT item_id, created_at, body FROM messages WHERE {_MESSAGES} ORDER BY seq",
+                (tenant, conversation_id),
             ).fetchall()
-            return _info(found), [StoredMessage(r[0], r[1], orjson.loads(r[2])) for r in rows]
+            messages = [StoredMessage(r[0], r[1], orjson.loads(r[2])) for r in rows]
+            return Snapshot(info, messages, info.epoch)
 
-        return await self._run(self._transaction, load, bool(self._idle_ttl))
+        # An idle-expired conversation is removed as it is found: that read writes.
+        return await self._run(self._transaction, load, bool(self._limits.idle_ttl))
 
     async def create(
         self, conversation_id: str, tenant: str, metadata: dict[str, str], messages: list[Message]
     ) -> ConversationInfo:
-        def create(db: sqlite3.Connection) -> ConversationInfo:
+        def create(db: Db) -> ConversationInfo:
+            if self._find(db, conversation_id, tenant) is not None:
+                raise AlreadyExists(conversation_id)
             now = time.time()
-            try:
-                db.execute(
-                    f"INSERT INTO conversations ({_INFO}) VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        conversation_id,
-                        tenant,
-                        now,
-                        now,
-                        len(messages),
-                        orjson.dumps(metadata).decode(),
-                    ),
-                )
-            except sqlite3.IntegrityError:
-                raise AlreadyExists(conversation_id) from None
-            self._insert(db, conversation_id, messages, now)
-            return ConversationInfo(conversation_id, tenant, now, now, len(messages), metadata)
+            epoch = self._next_epoch(db, conversation_id, tenant)
+            info = ConversationInfo(conversation_id, tenant, now, now, 0, dict(metadata), epoch)
+            return self._start(db, info, messages, now)
 
-        return await self._run(self._transaction, create, True)
+        return await self._write(create)
 
     async def append(
-        self, conversation_id: str, tenant: str, messages: list[Message], select: Selector
+        self,
+        conversation_id: str,
+        tenant: str,
+        messages: list[Message],
+        *,
+        epoch: int,
+        turn: str | None = None,
     ) -> ConversationInfo:
-        def append(db: sqlite3.Connection) -> ConversationInfo:
+        def append(db: Db) -> ConversationInfo:
             now = time.time()
-            found = self._find(db, conversation_id, tenant)
-            if found is None:
-                db.execute(
-                    f"INSERT INTO conversations ({_INFO}) VALUES (?, ?, ?, ?, 0, '{{}}')",
-                    (conversation_id, tenant, now, now),
-                )
-                info = ConversationInfo(conversation_id, tenant, now, now)
-            else:
-                info = _info(found)
-            self._insert(db, conversation_id, messages, now)
-            rows = db.execute(
-                "SELECT seq, body FROM messages WHERE conversation_id = ? ORDER BY seq",
-                (conversation_id,),
-            ).fetchall()
-            kept = select([orjson.loads(r[1]) for r in rows])
-            if len(kept) != len(rows):
-                keep = set(kept)
-                db.executemany(
-                    "DELETE FROM messages WHERE seq = ?",
-                    [(r[0],) for i, r in enumerate(rows) if i not in keep],
-                )
+            info = self._find(db, conversation_id, tenant)
+            if info is None:
+                if epoch != self._next_epoch(db, conversation_id, tenant):
+                    raise Gone(conversation_id)
+                started = ConversationInfo(conversation_id, tenant, now, now, epoch=epoch)
+                return self._start(db, started, messages, now)
+            if info.epoch != epoch:
+                raise Gone(conversation_id)
+            self._insert(db, conversation_id, tenant, messages, now)
+            info.message_count = self._trim(
+                db, conversation_id, tenant, info.message_count + len(messages)
+            )
             info.updated_at = now
-            info.message_count = len(kept)
             db.execute(
-                "UPDATE conversations SET updated_at = ?, message_count = ? WHERE id = ?",
-                (now, len(kept), conversation_id),
+                f"UPDATE conversations SET updated_at = ?, message_count = ? WHERE {_WHERE}",
+                (now, info.message_count, tenant, conversation_id),
             )
             return info
 
-        return await self._run(self._transaction, append, True)
+        return await self._write(append)
 
     async def set_metadata(
         self, conversation_id: str, tenant: str, metadata: dict[str, str]
     ) -> ConversationInfo | None:
-        def update(db: sqlite3.Connection) -> ConversationInfo | None:
-            found = self._find(db, conversation_id, tenant)
-            if found is None:
+        def update(db: Db) -> ConversationInfo | None:
+            info = self._find(db, conversation_id, tenant)
+            if info is None:
                 return None
             db.execute(
-                "UPDATE conversations SET metadata = ? WHERE id = ?",
-                (orjson.dumps(metadata).decode(), conversation_id),
+                f"UPDATE conversations SET metadata = ? WHERE {_WHERE}",
+                (orjson.dumps(metadata).decode(), tenant, conversation_id),
             )
-            info = _info(found)
             info.metadata = dict(metadata)
             return info
 
-        return await self._run(self._transaction, update, True)
+        return await self._write(update)
 
     async def delete(self, conversation_id: str, tenant: str) -> bool:
-        def delete(db: sqlite3.Connection) -> bool:
-            if self._find(db, conversation_id, tenant) is None:
+        def delete(db: Db) -> bool:
+            info = self._find(db, conversation_id, tenant)
+            if info is None:
                 return False
-            self._remove(db, [conversation_id])
+            self._remove(db, [(tenant, conversation_id, info.epoch)])
             return True
 
-        return await self._run(self._transaction, delete, True)
+        return await self._write(delete)
 
     async def list(
         self, tenant: str, limit: int, after: str | None
     ) -> tuple[list[ConversationInfo], bool]:
-        def page(db: sqlite3.Connection) -> tuple[list[ConversationInfo], bool]:
+        def page(db: Db) -> tuple[list[ConversationInfo], bool]:
             query = f"SELECT {_INFO} FROM conversations WHERE tenant = ?"
             args: list[Any] = [tenant]
             if after is not None:
                 cursor = db.execute(
-                    "SELECT created_at FROM conversations WHERE id = ? AND tenant = ?",
-                    (after, tenant),
+                    f"SELECT created_at FROM conversations WHERE {_WHERE}", (tenant, after)
                 ).fetchone()
                 if cursor is None:
                     return [], False
@@ -251,29 +285,20 @@ class SqliteStore:
 
         return await self._run(self._transaction, page, False)
 
-    async def enforce_limits(self, max_active: int, idle_ttl: float) -> int:
-        def enforce(db: sqlite3.Connection) -> int:
-            doomed: list[str] = []
-            if idle_ttl:
-                cutoff = time.time() - idle_ttl
-                doomed += [
-                    r[0]
-                    for r in db.execute(
-                        "SELECT id FROM conversations WHERE updated_at < ?", (cutoff,)
-                    )
-                ]
-            doomed += [
-                r[0]
-                for r in db.execute(
-                    "SELECT id FROM conversations ORDER BY updated_at DESC LIMIT -1 OFFSET ?",
-                    (max_active,),
-                )
-            ]
-            doomed = list(dict.fromkeys(doomed))
-            self._remove(db, doomed)
-            return len(doomed)
+    async def enforce_limits(self) -> int:
+        def enforce(db: Db) -> int:
+            now = time.time()
+            removed = 0
+            if self._limits.idle_ttl:
+                idle = db.execute(
+                    "SELECT tenant, id, epoch FROM conversations WHERE updated_at < ?",
+                    (now - self._limits.idle_ttl,),
+                ).fetchall()
+                self._remove(db, idle)
+                removed = len(idle)
+            return removed + self._evict(db)
 
-        return await self._run(self._transaction, enforce, True)
+        return await self._write(enforce)
 
     async def close(self) -> None:
         db, self._db = self._db, None

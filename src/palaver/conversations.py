@@ -67,7 +67,7 @@ class Conversations:
         conversation_id = named
         if header is not None:
             from_header = header.decode("latin-1").strip()
-            if not ID_PATTERN.match(from_header):
+            if not ID_PATTERN.fullmatch(from_header):
                 raise InvalidRequest(
                     "Invalid X-Conversation-Id: use 1 to 128 of A-Z, a-z, 0-9, '_' and '-'.",
                     param="conversation",

@@ -7,12 +7,21 @@ import contextlib
 import gc
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 import aiohttp
 
-from palaver.asgi import ClientDisconnected, Receive, Scope, Send, header, send_error
+from palaver.asgi import (
+    ClientDisconnected,
+    Receive,
+    Scope,
+    Send,
+    header,
+    send_error,
+    without_body,
+)
 from palaver.cache import CacheBackend, MemoryCache
 from palaver.config import Settings, load_settings
 from palaver.conversation_routes import ConversationHandlers
@@ -30,8 +39,9 @@ log = logging.getLogger("palaver")
 Handler = Callable[[Scope, Receive, Send, str], Awaitable[None]]
 
 PUBLIC_PATHS = frozenset({"/health"})
-PREFIX_ROUTES = ("/v1/conversations", "/conversations")
-MODEL_ROUTES = ("/v1/models/", "/models/")
+# Routes with parameters, by their leading path segments.
+CONVERSATION_PREFIXES = (("v1", "conversations"), ("conversations",))
+MODEL_PREFIXES = (("v1", "models"), ("models",))
 
 
 def tenant_of(key: str) -> str:
@@ -46,8 +56,8 @@ class _Runtime:
     link: RedisLink | None
     service: ChatService
     routes: dict[str, dict[str, Handler]]
-    conversation_routes: Handler
-    model_route: Handler
+    conversation_routes: ConversationHandlers
+    model_route: dict[str, Handler]
     sweeper: asyncio.Task[None] | None
 
 
@@ -106,7 +116,14 @@ class Palaver:
         if idle_ttl:
             sweeper = asyncio.create_task(self._sweep(store, idle_ttl))
         self._runtime = _Runtime(
-            session, store, link, service, routes, conversation_routes, handlers.model, sweeper
+            session,
+            store,
+            link,
+            service,
+            routes,
+            conversation_routes,
+            {"GET": handlers.model},
+            sweeper,
         )
         where = {
             "sqlite": f" at {settings.conversations.path}",
@@ -186,28 +203,28 @@ class Palaver:
         return tenant
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method: str = scope["method"]
+        if method == "HEAD":  # answered as a GET would be (404s included), without the body
+            send = without_body(send)
+            scope = {**scope, "method": "GET"}
         try:
             runtime = self._runtime
             if runtime is None:
                 raise PalaverError("palaver is not started (the server must run its lifespan).")
-            path: str = scope["path"]
-            methods = runtime.routes.get(path)
-            if methods is None and len(path) > 1 and path.endswith("/"):
-                path = path.rstrip("/")
-                methods = runtime.routes.get(path)
-            method: str = scope["method"]
-            handler: Handler | None
-            if methods is not None:
-                handler = methods.get(method)
-                if handler is None:
-                    raise MethodNotAllowed(f"Method {method} is not allowed on {path}.")
-            elif path.startswith(PREFIX_ROUTES):
-                handler = runtime.conversation_routes
-            elif path.startswith(MODEL_ROUTES):
-                handler = runtime.model_route
-            else:
-                raise NotFound(
-                    f"Unknown request URL: {method} {scope['path']}.", code="unknown_url"
+            raw_path: bytes | None = scope.get("raw_path")
+            path = raw_path.decode("latin-1") if raw_path else scope["path"]
+            methods: Mapping[str, Handler] | None = runtime.routes.get(path)
+            if methods is None:
+                path, methods = _resolve(runtime, path)
+                if methods is None:
+                    raise NotFound(
+                        f"Unknown request URL: {scope['method']} {path}.", code="unknown_url"
+                    )
+            handler = methods.get(scope["method"])
+            if handler is None:
+                raise MethodNotAllowed(
+                    f"Method {method} is not allowed on {path}.",
+                    headers=((b"allow", _allow(methods)),),
                 )
             tenant = "" if path in PUBLIC_PATHS else self._authenticate(scope)
             await handler(scope, receive, send, tenant)
@@ -227,6 +244,29 @@ class Palaver:
             await send_error(send, error)
         except Exception:  # the response had already started, or the client is gone
             log.debug("could not send the error response", exc_info=True)
+
+
+def _resolve(runtime: _Runtime, path: str) -> tuple[str, Mapping[str, Handler] | None]:
+    """The handlers by method for a path that is not literally a fixed route: ``path`` is the
+    raw path, so each segment is %-decoded on its own (an encoded '/' stays in its segment)."""
+    segments = [unquote(s) if "%" in s else s for s in path.strip("/").split("/")]
+    if not any("/" in s for s in segments):
+        fixed = "/" + "/".join(segments)
+        methods = runtime.routes.get(fixed)
+        if methods is not None:
+            return fixed, methods
+    for prefix in CONVERSATION_PREFIXES:
+        if tuple(segments[: len(prefix)]) == prefix:
+            return path, runtime.conversation_routes.routes(segments[len(prefix) :])
+    for prefix in MODEL_PREFIXES:
+        if tuple(segments[: len(prefix)]) == prefix and len(segments) > len(prefix):
+            return path, runtime.model_route
+    return path, None
+
+
+def _allow(methods: Mapping[str, Handler]) -> bytes:
+    allowed = set(methods) | ({"HEAD"} if "GET" in methods else set())
+    return ", ".join(sorted(allowed)).encode()
 
 
 def _cache_backend(settings: Settings, link: RedisLink | None) -> CacheBackend | None:

@@ -40,6 +40,20 @@ async def send_error(send: Send, error: PalaverError) -> None:
     await send_json(send, error.status, error.to_json(), list(error.headers))
 
 
+def without_body(send: Send) -> Send:
+    """``send`` for a HEAD request: the status and headers of the GET answer, no body (servers
+    need not drop it themselves)."""
+
+    async def send_head(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            if message.get("more_body"):
+                return
+            message = {"type": "http.response.body", "body": b""}
+        await send(message)
+
+    return send_head
+
+
 def header(scope: Scope, name: bytes) -> bytes | None:
     """A request header (lower-case name); the headers are indexed once per request."""
     indexed: dict[bytes, bytes] | None = scope.get("palaver.headers")

@@ -12,23 +12,27 @@ GET    /v1/conversations/{id}/items/{item}   one item
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from functools import partial
 from urllib.parse import parse_qs
 
 import orjson
 
 from palaver.asgi import Receive, Scope, Send, read_body, send_json
 from palaver.conversations import ID_PATTERN, Conversations, not_found
-from palaver.errors import InvalidRequest, MethodNotAllowed, NotFound
-from palaver.items import conversation_object, from_items, to_items
-from palaver.protocol import Json
+from palaver.errors import InvalidRequest, NotFound
+from palaver.items import conversation_object, custom_call_ids, from_items, to_items
+from palaver.protocol import Json, parse_json_object
 from palaver.stores import ConversationInfo, StoredMessage
+
+Handler = Callable[[Scope, Receive, Send, str], Awaitable[None]]
 
 MAX_METADATA = 16
 
 
 def _query(scope: Scope) -> dict[str, str]:
-    parsed = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    # Bytes that are not UTF-8 (raw or %-escaped) become U+FFFD: such a value is simply wrong.
+    parsed = parse_qs(scope.get("query_string", b"").decode("utf-8", "replace"))
     return {key: values[-1] for key, values in parsed.items()}
 
 
@@ -36,13 +40,19 @@ def _limit(query: dict[str, str], default: int = 20) -> int:
     raw = query.get("limit")
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+    # ASCII digits only: str.isdigit() also accepts '²' or '①', which int() refuses.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3 and 1 <= int(raw) <= 100):
         raise InvalidRequest("'limit' must be an integer from 1 to 100.", param="limit")
     return int(raw)
 
 
-def _metadata(body: Json) -> dict[str, str]:
-    metadata = body.get("metadata") or {}
+def _metadata(body: Json, *, required: bool = False) -> dict[str, str]:
+    """The metadata of a create (optional) or update (required, as OpenAI) body; null: none."""
+    if "metadata" not in body and required:
+        raise InvalidRequest("Missing required parameter: 'metadata'.", param="metadata")
+    metadata = body.get("metadata")
+    if metadata is None:
+        return {}
     if not isinstance(metadata, dict) or len(metadata) > MAX_METADATA:
         raise InvalidRequest("'metadata' must be an object of at most 16 pairs.", param="metadata")
     for key, value in metadata.items():
@@ -70,99 +80,93 @@ class ConversationHandlers:
         self._store = conversations.store
         self._max_body = max_body
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, tenant: str) -> None:
-        path: str = scope["path"]
-        rest = path.split("/conversations", 1)[1].strip("/")
-        parts = rest.split("/") if rest else []
-        method: str = scope["method"]
-        if parts and not ID_PATTERN.match(parts[0]):
-            raise not_found(parts[0])
-        route = (len(parts), parts[1] if len(parts) > 1 else None, method)
-        if route == (0, None, "POST"):
-            await self._create(scope, receive, send, tenant)
-        elif route == (0, None, "GET"):
-            await self._list(scope, send, tenant)
-        elif route == (1, None, "GET"):
-            await send_json(
-                send, 200, orjson.dumps(conversation_object(await self._info(parts[0], tenant)))
-            )
-        elif route == (1, None, "POST"):
-            await self._update(scope, receive, send, tenant, parts[0])
-        elif route == (1, None, "DELETE"):
-            await self._delete(send, tenant, parts[0])
-        elif route[:2] == (2, "items") and method == "GET":
-            await self._items(scope, send, tenant, parts[0])
-        elif route[:2] == (2, "items") and method == "POST":
-            await self._add_items(scope, receive, send, tenant, parts[0])
-        elif route[:2] == (3, "items") and method == "GET":
-            await self._item(send, tenant, parts[0], parts[2])
-        elif len(parts) <= 1 or (len(parts) <= 3 and parts[1] == "items"):
-            raise MethodNotAllowed(f"Method {method} is not allowed on {path}.")
-        else:
-            raise NotFound(f"Unknown request URL: {method} {path}.", code="unknown_url")
+    def routes(self, rest: list[str]) -> dict[str, Handler] | None:
+        """The handlers by method for the path segments after ``/conversations`` (each
+        already %-decoded: an encoded '/' is part of its segment); None: no such route."""
+        if not rest:
+            return {"GET": self._list, "POST": self._create}
+        conversation_id = rest[0]
+        if len(rest) == 1:
+            return {
+                "GET": partial(self._retrieve, conversation_id=conversation_id),
+                "POST": partial(self._update, conversation_id=conversation_id),
+                "DELETE": partial(self._delete, conversation_id=conversation_id),
+            }
+        if rest[1] != "items" or len(rest) > 3:
+            return None
+        if len(rest) == 2:
+            return {
+                "GET": partial(self._items, conversation_id=conversation_id),
+                "POST": partial(self._add_items, conversation_id=conversation_id),
+            }
+        return {"GET": partial(self._item, conversation_id=conversation_id, item_id=rest[2])}
 
     async def _body(self, scope: Scope, receive: Receive) -> Json:
         raw = await read_body(scope, receive, self._max_body)
         if not raw.strip():
             return {}
-        try:
-            body: Any = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(
-                f"We could not parse the JSON body of your request: {exc}"
-            ) from None
-        if not isinstance(body, dict):
-            raise InvalidRequest("The request body must be a JSON object.")
-        return body
+        return parse_json_object(raw)
 
     async def _load(
         self, conversation_id: str, tenant: str
     ) -> tuple[ConversationInfo, list[StoredMessage]]:
+        _check_id(conversation_id)
         snapshot = await self._store.load(conversation_id, tenant)
         if snapshot.info is None:
             raise not_found(conversation_id)
         return snapshot.info, snapshot.messages
 
-    async def _info(self, conversation_id: str, tenant: str) -> ConversationInfo:
-        return (await self._load(conversation_id, tenant))[0]
-
     async def _create(self, scope: Scope, receive: Receive, send: Send, tenant: str) -> None:
         body = await self._body(scope, receive)
         metadata = _metadata(body)
-        messages = from_items(body.get("items") or [])
+        items = body.get("items")
+        messages = [] if items is None else from_items(items)
         info = await self._conversations.create(tenant, metadata, messages)
         await send_json(send, 200, orjson.dumps(conversation_object(info)))
 
-    async def _list(self, scope: Scope, send: Send, tenant: str) -> None:
+    async def _list(self, scope: Scope, receive: Receive, send: Send, tenant: str) -> None:
         query = _query(scope)
         infos, has_more = await self._store.list(tenant, _limit(query), query.get("after"))
         await send_json(
             send, 200, orjson.dumps(_page([conversation_object(i) for i in infos], has_more))
         )
 
+    async def _retrieve(
+        self, scope: Scope, receive: Receive, send: Send, tenant: str, conversation_id: str
+    ) -> None:
+        info, _ = await self._load(conversation_id, tenant)
+        await send_json(send, 200, orjson.dumps(conversation_object(info)))
+
     async def _update(
         self, scope: Scope, receive: Receive, send: Send, tenant: str, conversation_id: str
     ) -> None:
-        metadata = _metadata(await self._body(scope, receive))
+        _check_id(conversation_id)
+        metadata = _metadata(await self._body(scope, receive), required=True)
         info = await self._store.set_metadata(conversation_id, tenant, metadata)
         if info is None:
             raise not_found(conversation_id)
         await send_json(send, 200, orjson.dumps(conversation_object(info)))
 
-    async def _delete(self, send: Send, tenant: str, conversation_id: str) -> None:
+    async def _delete(
+        self, scope: Scope, receive: Receive, send: Send, tenant: str, conversation_id: str
+    ) -> None:
+        _check_id(conversation_id)
         if not await self._store.delete(conversation_id, tenant):
             raise not_found(conversation_id)
         body = {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
         await send_json(send, 200, orjson.dumps(body))
 
-    async def _items(self, scope: Scope, send: Send, tenant: str, conversation_id: str) -> None:
+    async def _items(
+        self, scope: Scope, receive: Receive, send: Send, tenant: str, conversation_id: str
+    ) -> None:
         query = _query(scope)
         limit = _limit(query)
         order = query.get("order", "asc")
         if order not in ("asc", "desc"):
             raise InvalidRequest("'order' must be 'asc' or 'desc'.", param="order")
         _, stored = await self._load(conversation_id, tenant)
-        items = [item for message in stored for item in to_items(message)]
+        custom = custom_call_ids(stored)
+        items = [item for message in stored for item in to_items(message, custom)]
         if order == "desc":
             items.reverse()
         after = query.get("after")
@@ -176,24 +180,41 @@ class ConversationHandlers:
     async def _add_items(
         self, scope: Scope, receive: Receive, send: Send, tenant: str, conversation_id: str
     ) -> None:
+        _check_id(conversation_id)
         body = await self._body(scope, receive)
         if "items" not in body:
             raise InvalidRequest("Missing required parameter: 'items'.", param="items")
         messages = from_items(body["items"])
         await self._conversations.add(conversation_id, tenant, messages)  # 404 if none
         _, stored = await self._load(conversation_id, tenant)
+        custom = custom_call_ids(stored)
         added = (
-            [item for message in stored[-len(messages) :] for item in to_items(message)]
+            [item for message in stored[-len(messages) :] for item in to_items(message, custom)]
             if messages
             else []
         )
         await send_json(send, 200, orjson.dumps(_page(added, False)))
 
-    async def _item(self, send: Send, tenant: str, conversation_id: str, item_id: str) -> None:
+    async def _item(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        tenant: str,
+        conversation_id: str,
+        item_id: str,
+    ) -> None:
         _, stored = await self._load(conversation_id, tenant)
+        custom = custom_call_ids(stored)
         for message in stored:
-            for item in to_items(message):
+            for item in to_items(message, custom):
                 if item["id"] == item_id:
                     await send_json(send, 200, orjson.dumps(item))
                     return
         raise NotFound(f"No item found with id '{item_id}'.", code="item_not_found")
+
+
+def _check_id(conversation_id: str) -> None:
+    """An id that cannot exist (a '/' or a newline in it, ...) is not found."""
+    if not ID_PATTERN.fullmatch(conversation_id):
+        raise not_found(conversation_id)

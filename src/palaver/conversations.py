@@ -21,7 +21,7 @@ from palaver.stores import (
 )
 
 log = logging.getLogger("palaver.conversations")
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")  # used with fullmatch
 
 
 def not_found(conversation_id: str, param: str | None = None) -> NotFound:
@@ -75,7 +75,7 @@ class Conversations:
         conversation_id = named
         if header is not None:
             from_header = header.decode("latin-1").strip()
-            if not ID_PATTERN.match(from_header):
+            if not ID_PATTERN.fullmatch(from_header):
                 raise InvalidRequest(
                     "Invalid X-Conversation-Id: use 1 to 128 of A-Z, a-z, 0-9, '_' and '-'.",
                     param="conversation",

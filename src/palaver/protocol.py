@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import re
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -72,10 +73,22 @@ class FunctionCall(Struct):
     arguments: str
 
 
-class ToolCall(Struct):
+class FunctionToolCall(Struct, tag_field="type", tag="function"):
     id: Annotated[str, Meta(min_length=1)]
     function: FunctionCall
-    type: Literal["function"] = "function"
+
+
+class CustomCall(Struct):
+    name: str
+    input: str
+
+
+class CustomToolCall(Struct, tag_field="type", tag="custom"):
+    id: Annotated[str, Meta(min_length=1)]
+    custom: CustomCall
+
+
+ToolCall = FunctionToolCall | CustomToolCall
 
 
 class SystemMessage(Struct, tag_field="role", tag="system"):
@@ -124,7 +137,7 @@ AnyMessage = (
 
 
 class FunctionDefinition(Struct):
-    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}\Z")]
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
@@ -139,7 +152,7 @@ class CustomTool(Struct, tag_field="type", tag="custom"):
 
 
 class JsonSchemaFormat(Struct):
-    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}\Z")]
     schema: dict[str, Any] | None = None
     description: str | None = None
     strict: bool | None = None
@@ -162,7 +175,8 @@ class StreamOptions(Struct):
     include_obfuscation: bool | None = None
 
 
-ConversationId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
+# msgspec searches a pattern; \Z, unlike $, does not match before a final newline.
+ConversationId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,128}\Z")]
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 
 
@@ -215,8 +229,14 @@ def describe_validation_error(error: msgspec.ValidationError) -> tuple[str, str 
     return text.replace("`", "'"), path or None
 
 
-def parse_chat_request(body: bytes) -> tuple[ChatRequest, Json]:
-    """Validate a request body; return the typed view and the JSON object to forward."""
+# orjson reads 1024 levels of arrays and objects but writes only 254, and palaver writes what
+# clients send (upstream, cache keys, stores): a body nested deeper than that is refused when it
+# is read. A few levels are kept for the envelopes palaver puts around client JSON.
+MAX_DEPTH = 250
+
+
+def parse_json_object(body: bytes) -> Json:
+    """The JSON object of a request body; 400 ``invalid_json`` for anything else."""
     try:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -225,22 +245,57 @@ def parse_chat_request(body: bytes) -> tuple[ChatRequest, Json]:
         ) from None
     if not isinstance(raw, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    if len(body) > 2 * MAX_DEPTH:  # a shorter body cannot be nested that deep
+        try:
+            orjson.dumps([[[[raw]]]])  # the body plus 254 - MAX_DEPTH levels must be writable
+        except orjson.JSONEncodeError:
+            raise InvalidRequest(
+                f"The request body is nested too deeply: at most {MAX_DEPTH} levels of arrays "
+                "and objects are accepted.",
+                code="invalid_json",
+            ) from None
+    return raw
+
+
+def _same(param: str) -> str:
+    return param
+
+
+def _check_assistants(messages: list[AnyMessage], locate: Callable[[str], str] = _same) -> None:
+    for index, message in enumerate(messages):
+        if (
+            isinstance(message, AssistantMessage)
+            and message.content is None
+            and not message.tool_calls
+            and message.function_call is None
+        ):
+            raise InvalidRequest(
+                "An assistant message needs 'content' or 'tool_calls'.",
+                param=locate(f"messages[{index}].content"),
+            )
+
+
+def validate_messages(messages: list[Message], locate: Callable[[str], str] = _same) -> None:
+    """Reject what a chat request would reject in ``messages``. ``locate`` turns the place of
+    a problem (``messages[i]...``) into the place where the client put it."""
+    try:
+        typed = msgspec.convert(messages, list[AnyMessage])
+    except msgspec.ValidationError as exc:
+        message, param = describe_validation_error(exc)
+        param = locate(f"messages{param}" if param else "messages")
+        raise InvalidRequest(f"Invalid '{param}': {message}", param=param) from None
+    _check_assistants(typed, locate)
+
+
+def parse_chat_request(body: bytes) -> tuple[ChatRequest, Json]:
+    """Validate a request body; return the typed view and the JSON object to forward."""
+    raw = parse_json_object(body)
     try:
         request = msgspec.convert(raw, ChatRequest)
     except msgspec.ValidationError as exc:
         message, param = describe_validation_error(exc)
         raise InvalidRequest(f"Invalid '{param}': {message}", param=param) from None
-    for index, message_ in enumerate(request.messages):
-        if (
-            isinstance(message_, AssistantMessage)
-            and message_.content is None
-            and not message_.tool_calls
-            and message_.function_call is None
-        ):
-            raise InvalidRequest(
-                "An assistant message needs 'content' or 'tool_calls'.",
-                param=f"messages[{index}].content",
-            )
+    _check_assistants(request.messages)
     for field in EXTENSION_FIELDS:
         raw.pop(field, None)
     return request, raw

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -436,3 +437,44 @@ def test_regenerating_client_sends_its_transcript_once(
         ask(client, "regen", transcript)
         ask(client, "regen", transcript)  # "regenerate": the same transcript again
     assert sent_texts(upstream) == ["You are terse.", "one", "[up1] one", "two"]
+
+
+def test_tool_loop_client_resending_its_transcript_is_not_doubled(
+    sqlite_palaver: str, upstream: Upstream
+) -> None:
+    """A tool loop as the Vercel AI SDK, LangChain and pydantic-ai run it: each step sends the
+    whole transcript back, tool-call arguments re-serialised from their parsed form."""
+    tools: Any = [{"type": "function", "function": {"name": "weather", "parameters": {}}}]
+    question = {"role": "user", "content": "Weather in Paris?"}
+    with client_for(sqlite_palaver) as client:
+        first = ask(client, "loop", [SYSTEM, question], tools=tools)
+        call = first.choices[0].message.tool_calls[0]
+        compact = json.dumps(json.loads(call.function.arguments), separators=(",", ":"))
+        assert compact != call.function.arguments  # the upstream spaced them
+        transcript: list[Any] = [
+            SYSTEM,
+            question,
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": call.function.name, "arguments": compact},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+        ]
+        ask(client, "loop", transcript)  # no tools: the upstream answers in words
+        items = list(client.conversations.items.list("loop"))
+    sent = upstream.chat_requests[-1].body["messages"]
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "tool"]
+    assert [item.type for item in items] == [
+        "message",
+        "message",
+        "function_call",
+        "function_call_output",
+        "message",
+    ]

@@ -90,3 +90,44 @@ def test_one_repeated_message_is_not_a_transcript() -> None:
     merged = merge([S, U1, A1], [U1], 50)
     assert merged.sent == [S, U1, A1, U1]
     assert merged.new == [U1]
+
+
+def _tool_turn(arguments: str, content: Any) -> list[Message]:
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "weather", "arguments": arguments},
+    }
+    return [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": content, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        {"role": "assistant", "content": "It is sunny."},
+    ]
+
+
+def test_tool_call_arguments_compare_by_meaning() -> None:
+    """Clients that send the transcript back re-serialise tool-call arguments: the seam holds."""
+    stored = _tool_turn('{"city": "Paris", "days": 1.0, "units": {"a": 1, "b": [2]}}', None)
+    resent = _tool_turn('{"units":{"b":[2],"a":1},"city":"Paris","days":1}', "")
+    merged = merge(stored, [*resent, U2], 50)
+    assert merged.new == [U2]
+    assert merged.sent == [*resent, U2]
+    assert message_key(stored[1]) == message_key(resent[1])
+    assert message_key(stored[1]) != message_key(_tool_turn('{"city": "Rome"}', None)[1])
+
+
+def test_custom_tool_calls_compare_by_name_and_input() -> None:
+    def turn(name: str, text: str) -> Message:
+        call = {"id": "c1", "type": "custom", "custom": {"name": name, "input": text}}
+        return {"role": "assistant", "content": None, "tool_calls": [call]}
+
+    assert message_key(turn("shell", "ls")) == message_key(turn("shell", "ls"))
+    assert message_key(turn("shell", "ls")) != message_key(turn("shell", "rm"))
+    assert message_key(turn("shell", "ls")) != message_key(turn("python", "ls"))
+
+
+def test_text_parts_and_a_string_are_the_same_content() -> None:
+    parts = {"role": "assistant", "content": [{"type": "text", "text": "1"}]}
+    merged = merge([S, U1, A1], [S, U1, parts, U2], 50)
+    assert merged.new == [U2]

@@ -21,6 +21,29 @@ from palaver.priority import arrange, is_instruction, newest_user_index, trim
 from palaver.protocol import Message
 
 
+def _canonical(value: Any) -> Any:
+    """JSON as its meaning: 1.0 and 1 alike (key order and spacing go in the encoding)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def _json_key(text: Any) -> Any:
+    """Tool-call arguments (a JSON document in a string) compared by meaning: clients parse
+    and re-serialise them (``{"city": "Paris"}`` comes back as ``{"city":"Paris"}``)."""
+    if not isinstance(text, str):
+        return text
+    try:
+        parsed = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+    return orjson.dumps(_canonical(parsed), option=orjson.OPT_SORT_KEYS).decode()
+
+
 def _content_key(content: Any) -> str:
     if content is None:
         return ""
@@ -30,24 +53,26 @@ def _content_key(content: Any) -> str:
         isinstance(p, dict) and p.get("type") == "text" for p in content
     ):
         return "".join(str(p.get("text", "")) for p in content)
-    return orjson.dumps(content, option=orjson.OPT_SORT_KEYS).decode()
+    return orjson.dumps(_canonical(content), option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _call_key(call: Any) -> tuple[Any, ...]:
+    if not isinstance(call, dict):
+        return (call,)
+    if call.get("type") == "custom":
+        custom = call.get("custom") or {}
+        return (call.get("id"), "custom", custom.get("name"), custom.get("input"))
+    function = call.get("function") or {}
+    return (call.get("id"), "function", function.get("name"), _json_key(function.get("arguments")))
 
 
 def message_key(message: Message) -> tuple[Any, ...]:
-    """What makes two messages the same turn, whatever optional fields a client adds."""
-    calls = tuple(
-        (
-            call.get("id"),
-            (call.get("function") or {}).get("name"),
-            (call.get("function") or {}).get("arguments"),
-        )
-        for call in message.get("tool_calls") or ()
-        if isinstance(call, dict)
-    )
+    """What makes two messages the same turn, compared by meaning: whatever optional fields a
+    client adds, a string content and text parts alike, tool-call arguments as parsed JSON."""
     return (
         message.get("role"),
         _content_key(message.get("content")),
-        calls,
+        tuple(_call_key(call) for call in message.get("tool_calls") or ()),
         message.get("tool_call_id"),
         message.get("name"),
     )

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import BlockingConnectionPool
+from redis.asyncio.connection import BlockingConnectionPool, Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -118,9 +118,24 @@ class RedisLink:
         with contextlib.suppress(Exception):
             await self.client.connection_pool.disconnect(inuse_connections=False)
 
-    async def clock(self) -> float:
-        """Redis's clock now, in seconds, as this process estimates it (its offset from the
-        local clock is measured once a minute with ``TIME``)."""
+    async def on_connection(
+        self, call: Callable[[Connection], Awaitable[T]], *, force: bool = False
+    ) -> T:
+        """Like ``run``, but ``call`` gets one pooled connection, already connected, for its
+        whole duration: it knows that what it sends goes out at once."""
+
+        async def borrow(client: aioredis.Redis) -> T:
+            pool = client.connection_pool
+            connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+            try:
+                return await call(connection)
+            finally:
+                await pool.release(connection)
+
+        return await self.run(borrow, force=force)
+
+    async def clock_offset(self) -> float:
+        """Redis's clock minus the local one, in seconds (measured once a minute with TIME)."""
         now = time.monotonic()
         if now - self._clock_at >= CLOCK_REFRESH_SECONDS:
             sent = time.time()
@@ -128,7 +143,7 @@ class RedisLink:
             received = time.time()
             self._clock_offset = seconds + micros / 1e6 - (sent + received) / 2
             self._clock_at = now
-        return time.time() + self._clock_offset
+        return self._clock_offset
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -28,7 +28,8 @@ from typing import Any, TypeVar
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.connection import Connection
+from redis.exceptions import NoScriptError, RedisError
 from redis.typing import EncodableT
 
 from palaver.errors import ServiceUnavailable
@@ -51,7 +52,7 @@ T = TypeVar("T")
 log = logging.getLogger("palaver.redis")
 
 COMMIT_WINDOW = 1.0  # seconds an append may take to reach Redis before it is void
-CLOCK_MARGIN = 0.5  # how far the local estimate of Redis's clock may be off
+CLOCK_MARGIN = 1.0  # after the deadline: clock error, and time to hear a late answer
 RETRY_PAUSE = 0.05
 
 
@@ -205,16 +206,21 @@ class RedisStore:
         turn: str,
         metadata: dict[str, str],
     ) -> ConversationInfo:
-        """Run the write script so that it applies exactly once or not at all, and say which."""
+        """Run the write script so that it applies exactly once or not at all, and say which.
+
+        Its deadline is set as it is sent, on a connection already in hand (waiting for one
+        sends nothing). Every copy sent carries the same turn id and deadline."""
         try:
-            deadline = await self._link.clock() + COMMIT_WINDOW
+            offset = await self._link.clock_offset()
         except RedisBusy:
             raise busy() from None
         except RedisDown:
             raise unavailable() from None
-        give_up = time.time() + COMMIT_WINDOW + CLOCK_MARGIN
+        if not self._migrated:
+            await self._run(self._migrate)
         now = time.time()
         limits = self._limits
+        keys = self._keys(tenant, conversation_id)
         args: list[EncodableT] = [
             self._p,
             tenant or "-",
@@ -222,7 +228,7 @@ class RedisStore:
             mode,
             epoch,
             turn,
-            repr(deadline),
+            "0",  # the deadline, set when first sent
             limits.max_messages,
             limits.max_active,
             repr(limits.idle_ttl),
@@ -231,22 +237,25 @@ class RedisStore:
             *(_record(m, now) for m in messages),
             *(shape(m) for m in messages),
         ]
-        keys = self._keys(tenant, conversation_id)
+        deadline: float | None = None
 
-        async def write(r: Redis) -> list[Any]:
-            reply: list[Any] = await self._write(keys=keys, args=args, client=r)
-            return reply
+        async def write(connection: Connection) -> list[Any]:
+            nonlocal deadline
+            if deadline is None:
+                deadline = time.time() + offset + COMMIT_WINDOW
+                args[6] = repr(deadline)
+            return await self._eval(connection, keys, args)
 
         if self._link.down:  # known unreachable: nothing is sent
             raise unavailable()
-        if not self._migrated:
-            await self._run(self._migrate)
         try:
-            reply = await self._link.run(write, force=True)
+            reply = await self._link.on_connection(write, force=True)
         except RedisBusy:  # no connection was free: nothing was sent
             raise busy() from None
-        except RedisDown:  # sent, perhaps applied, its answer lost
-            reply = await self._settle(write, give_up)
+        except RedisDown:
+            if deadline is None:  # it failed to connect: nothing was sent
+                raise unavailable() from None
+            reply = await self._settle(write, deadline - offset + CLOCK_MARGIN)
         status = _text(reply[0])
         if status in ("ok", "dup") and len(reply) > 1:
             return _reply_info(conversation_id, tenant, reply)
@@ -258,17 +267,30 @@ class RedisStore:
             raise AlreadyExists(conversation_id)
         raise unavailable()  # "late": it reached Redis after its deadline and did nothing
 
-    async def _settle(
-        self, write: Callable[[Redis], Awaitable[list[Any]]], give_up: float
+    async def _eval(
+        self, connection: Connection, keys: list[str], args: list[EncodableT]
     ) -> list[Any]:
-        """The write may or may not have been applied: repeat it (a repeat of an applied write
-        says "dup", one past the deadline "late") until Redis answers or the deadline has
-        surely passed on Redis's clock, when no copy still on its way can apply any more."""
-        while time.time() < give_up:
-            await asyncio.sleep(RETRY_PAUSE)
+        await connection.send_command("EVALSHA", self._write.sha, len(keys), *keys, *args)
+        try:
+            reply: list[Any] = await connection.read_response()
+        except NoScriptError:  # Redis restarted or its scripts were flushed: nothing ran
+            await connection.send_command("EVAL", redis_scripts.WRITE, len(keys), *keys, *args)
+            reply = await connection.read_response()
+        return reply
+
+    async def _settle(
+        self, write: Callable[[Connection], Awaitable[list[Any]]], give_up: float
+    ) -> list[Any]:
+        """The write may or may not have been applied: repeat it until Redis answers. A copy
+        of an applied write answers "dup", one that arrives after the deadline "late" (and
+        then no earlier copy can apply any more either). Past ``give_up`` the deadline has
+        surely passed on Redis's clock too: no copy still on its way can apply."""
+        while (left := give_up - time.time()) > 0:
+            await asyncio.sleep(min(RETRY_PAUSE, left))
             try:
-                return await self._link.run(write, force=True)
-            except RedisDown:
+                async with asyncio.timeout(max(give_up - time.time(), 0.001)):
+                    return await self._link.on_connection(write, force=True)
+            except (RedisDown, TimeoutError):
                 continue
         log.warning("a conversation write stayed in doubt past its deadline: not stored")
         raise unavailable()

@@ -472,3 +472,25 @@ def test_cached_body_is_compact_json(cached_url: str) -> None:
     parsed = orjson.loads(body)
     assert parsed["object"] == "chat.completion"
     assert parsed["conversation"] == "compact"
+
+
+def test_a_stream_without_include_usage_still_caches_the_usage(
+    cached_url: str, upstream: Upstream
+) -> None:
+    with client_for(cached_url) as client:
+        text, chunks, status = _stream_text(client, stream_options={"something": 1})
+        assert status == "MISS"
+        _well_formed(chunks, usage=False)  # the client that did not ask sees no usage chunk
+        assert all(c.usage is None for c in chunks)
+        hit = create(client)
+        again, with_usage, hit_status = _stream_text(client, stream_options={"include_usage": True})
+    assert hit.headers["x-cache"] == hit_status == "HIT"
+    usage = hit.parse().usage
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (5, 7, 12)
+    sent = upstream.chat_requests[0].body
+    assert sent["stream_options"] == {"something": 1, "include_usage": True}
+    _well_formed(with_usage, usage=True)
+    assert with_usage[-1].usage.total_tokens == 12
+    assert again == text
+    assert len(upstream.chat_requests) == 1

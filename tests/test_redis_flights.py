@@ -100,7 +100,8 @@ async def test_a_stream_longer_than_the_lock_reaches_upstream_once_and_is_relaye
     )
     late_text, late_first, _, _ = await late
     assert text == early_text == late_text == ANSWER
-    assert last.choices and last.usage is None  # the leader did not ask for usage
+    assert last.choices  # the leader did not ask for usage
+    assert last.usage is None
     assert usage_chunk.choices == []
     assert usage_chunk.usage.total_tokens == 12
     assert early_first is not None
@@ -153,14 +154,48 @@ async def test_a_leader_failing_mid_stream_fails_its_followers_alike(
         assert "stream" in lines[-2]
         assert len(lines) > 3  # chunks came before the failure
     upstream.behave(status=500, first_byte_delay=0.5)
-    leader = asyncio.create_task(_complete(one))
+    whole = asyncio.create_task(_complete(one))
     await asyncio.sleep(0.2)
     with pytest.raises(openai.InternalServerError) as failed:
         await _complete(two)
     with pytest.raises(openai.InternalServerError):
-        await leader
+        await whole
     assert "500" in failed.value.message
     assert len(upstream.chat_requests) == 2
+
+
+async def test_the_leaders_client_leaving_does_not_cancel_other_processes_followers(
+    two_palavers: tuple[str, str], upstream: Upstream
+) -> None:
+    one, two = two_palavers
+    upstream.behave(chunk_delay=0.15)
+    leader = asyncio.create_task(_stream(one))
+    await asyncio.sleep(0.3)
+    follower = asyncio.create_task(_stream(two))
+    await asyncio.sleep(0.3)
+    leader.cancel()  # the leader's client goes away; a client elsewhere still listens
+    assert (await follower)[0] == ANSWER
+    assert upstream.disconnects == []
+    assert len(upstream.chat_requests) == 1
+
+
+async def test_the_call_is_cancelled_when_no_client_anywhere_listens(
+    two_palavers: tuple[str, str], upstream: Upstream
+) -> None:
+    one, two = two_palavers
+    upstream.behave(chunk_delay=0.3)
+    clients: list[asyncio.Task[Any]] = [asyncio.create_task(_stream(one))]
+    await asyncio.sleep(0.2)
+    clients.append(asyncio.create_task(_complete(two)))
+    await asyncio.sleep(0.3)
+    for client in clients:
+        client.cancel()
+    await asyncio.gather(*clients, return_exceptions=True)
+    for _ in range(40):  # within a renewal round or two
+        if upstream.disconnects:
+            break
+        await asyncio.sleep(0.05)
+    assert len(upstream.disconnects) == 1
 
 
 # --- a leader that dies ---------------------------------------------------------------------

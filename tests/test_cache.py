@@ -14,6 +14,10 @@ import orjson
 import pytest
 
 from palaver.cache import MemoryCache, cache_key, policy_of
+from palaver.errors import PalaverError
+from palaver.flights import Flights
+from palaver.providers import ProviderRouter
+from palaver.providers.echo import EchoProvider
 from palaver.streaming import CompletionAccumulator, replay_chunks
 from tests.conftest import provider_entry, run_palaver
 from tests.upstream import Upstream
@@ -494,3 +498,23 @@ def test_a_stream_without_include_usage_still_caches_the_usage(
     assert with_usage[-1].usage.total_tokens == 12
     assert again == text
     assert len(upstream.chat_requests) == 1
+
+
+async def test_a_flight_cancelled_before_it_starts_still_lands() -> None:
+    router = ProviderRouter([(EchoProvider(), ["*"])])
+    flights = Flights(router, MemoryCache(ttl=60, max_entries=10, max_bytes=100_000))
+    payload: dict[str, Any] = {"model": "m", "messages": USER}
+    flight, leads = await flights.board("m", payload, streaming=False, share="k", store="k")
+    assert leads
+    flight.join()
+    flight.leave()  # its only client went away before the call even began
+    joined, leads = await flights.board("m", payload, streaming=False, share="k", store="k")
+    assert not leads  # still in the air for an instant: a second request joins it...
+    joined.join()
+    try:
+        with pytest.raises(PalaverError):
+            await asyncio.wait_for(joined.result(), 1)  # ...and learns it failed, never hangs
+    finally:
+        joined.leave()
+    assert flights.find("k") is None
+    await flights.close()

@@ -34,6 +34,13 @@ log = logging.getLogger("palaver.cache")
 RELAY_ATTEMPTS = 3  # leaders that may vanish in a row before this process leads uncoordinated
 
 
+class Cancelled(PalaverError):
+    """The flight's call was cancelled (every client left, or shutdown)."""
+
+    def __init__(self) -> None:
+        super().__init__("The request was cancelled.", code="cancelled")
+
+
 class Flight:
     __slots__ = (
         "_changed",
@@ -187,7 +194,18 @@ class Flights:
         if share is not None:
             self._flying[share] = flight
         flight.task = asyncio.create_task(self._fly(flight, model, payload, share, store, claim))
+        # Landing in a callback also covers a task cancelled before it ever ran.
+        flight.task.add_done_callback(lambda _: self._land(flight, share))
+        if isinstance(claim, Lease):
+            self._lead(flight, claim)
         return flight
+
+    @staticmethod
+    def _lead(flight: Flight, lease: Lease) -> None:
+        task = flight.task
+        assert task is not None
+        flight.lease = lease
+        lease.bind(lambda: flight.subscribers <= 0, task.cancel)
 
     async def _fly(
         self,
@@ -198,38 +216,33 @@ class Flights:
         store: str | None,
         claim: Lease | str | None,
     ) -> None:
-        failure: bytes | None = None  # what followers elsewhere are told of a failure
         try:
-            try:
-                led = await self._answer(flight, model, payload, share, claim)
-            except PalaverError as exc:
-                flight.error = exc
-            except asyncio.CancelledError:
-                flight.error = PalaverError("The request was cancelled.", code="cancelled")
-                raise
-            except Exception:
-                log.exception("upstream call failed")
-                flight.error = PalaverError("The server had an error processing the request.")
-            finally:
-                flight.done = True
-                flight.notify()
-            if flight.error is not None:
-                failure = failure_of(flight.error)
-                return
-            assert flight.completion is not None
-            lease = flight.lease
-            if lease is not None:
-                if flight.usage_event is not None:
-                    lease.send(b"u", flight.usage_event)
-                await lease.finish(end_of(flight.completion))
-            # Until stored, the finished flight itself answers identical requests.
-            if led and store is not None and self._backend is not None:
-                try:
-                    await self._backend.set(store, flight.completion)
-                except Exception:
-                    log.exception("storing a cache entry failed")
+            led = await self._answer(flight, model, payload, share, claim)
+        except PalaverError as exc:
+            flight.error = exc
+        except asyncio.CancelledError:
+            flight.error = Cancelled()
+            raise
+        except Exception:
+            log.exception("upstream call failed")
+            flight.error = PalaverError("The server had an error processing the request.")
         finally:
-            self._land(flight, share, failure)
+            flight.done = True
+            flight.notify()
+        if flight.error is not None:
+            return
+        assert flight.completion is not None
+        lease = flight.lease
+        if lease is not None:
+            if flight.usage_event is not None:
+                lease.send(b"u", flight.usage_event)
+            await lease.finish(end_of(flight.completion))
+        # Until stored, the finished flight itself answers identical requests.
+        if led and store is not None and self._backend is not None:
+            try:
+                await self._backend.set(store, flight.completion)
+            except Exception:
+                log.exception("storing a cache entry failed")
 
     async def _answer(
         self,
@@ -259,11 +272,8 @@ class Flights:
                 return False
             attempts += 1
             claim = await self._board.claim(share) if attempts < RELAY_ATTEMPTS else None
-        if isinstance(claim, Lease):
-            task = flight.task
-            assert task is not None
-            flight.lease = claim
-            claim.bind(lambda: flight.subscribers <= 0, task.cancel)
+            if isinstance(claim, Lease):
+                self._lead(flight, claim)
         if flight.streaming:
             await self._fly_stream(flight, model, payload)
         else:
@@ -278,12 +288,18 @@ class Flights:
         except CacheUnavailable:
             return None
 
-    def _land(self, flight: Flight, share: str | None, failure: bytes | None) -> None:
+    def _land(self, flight: Flight, share: str | None) -> None:
+        if not flight.done:  # cancelled before it started
+            flight.error, flight.done = Cancelled(), True
+            flight.notify()
         if share is not None and self._flying.get(share) is flight:
             del self._flying[share]
         lease, flight.lease = flight.lease, None
         if lease is not None:
-            # Other processes wait on this lock: release it even when cancelled.
+            # Other processes wait on this lock: release it even when cancelled, after telling
+            # them of a failure (a cancelled call is no failure of theirs: they take over).
+            error = flight.error
+            failure = None if error is None or isinstance(error, Cancelled) else failure_of(error)
             release = asyncio.create_task(self._release(lease, failure))
             self._releasing.add(release)
             release.add_done_callback(self._releasing.discard)

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any
 
@@ -223,15 +223,19 @@ class FlightBoard:
     async def claim(self, key: str) -> Lease | str | None:
         """A lease if this process may lead the call for ``key``; the leader's token if
         another process leads it; None if Redis cannot be reached (lead, uncoordinated)."""
-        token = secrets.token_hex(8)
-        lock = self.lock_key(key)
+        lease = Lease(self, key, secrets.token_hex(8))
         try:
             holder = await self._link.run(
-                lambda r: self._claim(keys=[lock], args=[token, self.lock_ms], client=r)
+                lambda r: self._claim(
+                    keys=[lease.lock_key], args=[lease.token, self.lock_ms], client=r
+                )
             )
         except RedisDown:
             return None
-        return Lease(self, key, token) if holder is None else holder.decode()
+        except asyncio.CancelledError:
+            self._chore(self.release(lease))  # it may have been taken: do not leave it held
+            raise
+        return lease if holder is None else holder.decode()
 
     def hold(self, lease: Lease) -> None:
         self._held[lease.token] = lease
@@ -267,7 +271,9 @@ class FlightBoard:
                     continue
                 try:
                     results = await self._link.run(partial(self._renew_round, leases, orphans))
-                except RedisDown:
+                except Exception as exc:
+                    if not isinstance(exc, RedisDown):
+                        log.exception("renewing the locks on shared calls failed")
                     continue  # try again next round; followers wait as long as the lock lives
                 for lease, held in zip(leases, results, strict=False):
                     if not held and self._held.pop(lease.token, None) is not None:
@@ -294,7 +300,10 @@ class FlightBoard:
     def orphaned(self, lease: Lease) -> None:
         """The lease's last local client left: cancel the call unless another process
         follows it (listens on its channel). The renewal rounds look again later."""
-        chore = asyncio.create_task(self._cancel_if_unfollowed(lease))
+        self._chore(self._cancel_if_unfollowed(lease))
+
+    def _chore(self, work: Coroutine[Any, Any, None]) -> None:
+        chore = asyncio.create_task(work)
         self._chores.add(chore)
         chore.add_done_callback(self._chores.discard)
 
@@ -302,7 +311,10 @@ class FlightBoard:
         try:
             counts = await self._link.run(lambda r: r.pubsub_numsub(lease.stream_key))
         except RedisDown:
-            counts = []
+            counts = []  # no follower can hear it either
+        except Exception:
+            log.exception("counting the followers of a shared call failed")
+            return  # the renewal rounds look again
         if not (counts and counts[0][1]) and lease.orphaned():
             lease.cancel()
 

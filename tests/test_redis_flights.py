@@ -27,6 +27,7 @@ from palaver.redis_flights import FlightBoard, Lease
 from palaver.redis_link import RedisLink
 from tests.conftest import provider_entry, redis_url_or_skip, run_palaver
 from tests.servers import free_port
+from tests.test_redis import private_redis
 from tests.upstream import Upstream
 
 LOCK = 1.0
@@ -308,6 +309,33 @@ async def test_followers_of_a_leader_that_died_before_answering_take_over(
     with pytest.raises(openai.APIConnectionError):
         await leader
     assert len(upstream.chat_requests) == 2
+
+
+async def test_redis_going_away_mid_flight_hangs_nobody(
+    upstream: Upstream, short_lock: None
+) -> None:
+    redis_url_or_skip()
+    port = free_port()
+    settings = _settings(upstream, "gone:")
+    settings["redis"]["url"] = f"redis://127.0.0.1:{port}/0"
+    providers = settings.pop("providers")
+    upstream.behave(chunk_delay=0.2)
+    with (
+        private_redis(port) as redis_server,
+        run_palaver(providers, **settings) as one,
+        run_palaver(providers, **settings) as two,
+    ):
+        leader = asyncio.create_task(_stream(one))
+        await asyncio.sleep(0.3)
+        follower = asyncio.create_task(_stream(two))
+        await asyncio.sleep(0.4)
+        redis_server.terminate()
+        gone = time.monotonic()
+        assert (await leader)[0] == ANSWER  # the leader's own client is served to the end
+        with pytest.raises(openai.APIError):
+            await asyncio.wait_for(follower, 10)
+        assert time.monotonic() - gone < LOCK * 3 + 1
+    assert len(upstream.chat_requests) == 1
 
 
 # --- the lock itself ------------------------------------------------------------------------

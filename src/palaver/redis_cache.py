@@ -7,6 +7,7 @@ lets one process lead an upstream call that the others relay (``redis_flights``)
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from typing import Any
 
@@ -45,7 +46,10 @@ class RedisCache:
 
     async def set(self, key: str, value: Json) -> None:
         raw = orjson.dumps(value)
-        await self._link.run(lambda r: r.set(self._prefix + "cache:" + key, raw, px=self._ttl_ms))
+        with contextlib.suppress(RedisDown):  # the outage is logged once, by the link
+            await self._link.run(
+                lambda r: r.set(self._prefix + "cache:" + key, raw, px=self._ttl_ms)
+            )
 
     async def lock(self, key: str) -> str | None:
         """A token if this process may lead the call for ``key``; None if another leads."""

@@ -14,6 +14,10 @@ import orjson
 import pytest
 
 from palaver.cache import MemoryCache, cache_key, policy_of
+from palaver.errors import PalaverError
+from palaver.flights import Flights
+from palaver.providers import ProviderRouter
+from palaver.providers.echo import EchoProvider
 from palaver.streaming import CompletionAccumulator, replay_chunks
 from tests.conftest import provider_entry, run_palaver
 from tests.upstream import Upstream
@@ -472,3 +476,45 @@ def test_cached_body_is_compact_json(cached_url: str) -> None:
     parsed = orjson.loads(body)
     assert parsed["object"] == "chat.completion"
     assert parsed["conversation"] == "compact"
+
+
+def test_a_stream_without_include_usage_still_caches_the_usage(
+    cached_url: str, upstream: Upstream
+) -> None:
+    with client_for(cached_url) as client:
+        text, chunks, status = _stream_text(client, stream_options={"something": 1})
+        assert status == "MISS"
+        _well_formed(chunks, usage=False)  # the client that did not ask sees no usage chunk
+        assert all(c.usage is None for c in chunks)
+        hit = create(client)
+        again, with_usage, hit_status = _stream_text(client, stream_options={"include_usage": True})
+    assert hit.headers["x-cache"] == hit_status == "HIT"
+    usage = hit.parse().usage
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (5, 7, 12)
+    sent = upstream.chat_requests[0].body
+    assert sent["stream_options"] == {"something": 1, "include_usage": True}
+    _well_formed(with_usage, usage=True)
+    assert with_usage[-1].usage.total_tokens == 12
+    assert again == text
+    assert len(upstream.chat_requests) == 1
+
+
+async def test_a_flight_cancelled_before_it_starts_still_lands() -> None:
+    router = ProviderRouter([(EchoProvider(), ["*"])])
+    flights = Flights(router, MemoryCache(ttl=60, max_entries=10, max_bytes=100_000))
+    payload: dict[str, Any] = {"model": "m", "messages": USER}
+    flight, leads = await flights.board("m", payload, streaming=False, share="k", store="k")
+    assert leads
+    flight.join()
+    flight.leave()  # its only client went away before the call even began
+    joined, leads = await flights.board("m", payload, streaming=False, share="k", store="k")
+    assert not leads  # still in the air for an instant: a second request joins it...
+    joined.join()
+    try:
+        with pytest.raises(PalaverError):
+            await asyncio.wait_for(joined.result(), 1)  # ...and learns it failed, never hangs
+    finally:
+        joined.leave()
+    assert flights.find("k") is None
+    await flights.close()

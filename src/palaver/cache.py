@@ -10,11 +10,14 @@ import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import orjson
 
 from palaver.protocol import Json
+
+if TYPE_CHECKING:
+    from palaver.redis_flights import FlightBoard
 
 KEY_VERSION = b"palaver-cache-v1"
 # Parameters that do not change what the model says. (Extension fields never reach the payload.)
@@ -66,21 +69,18 @@ class CacheBackend(Protocol):
     """Holds completed ``chat.completion`` objects. Callers never mutate what ``get`` returns.
 
     ``get`` raises ``CacheUnavailable`` when the backend cannot be reached: the request is then
-    served without the cache. ``lock``/``wait_for``/``unlock`` coordinate identical requests
-    across processes (a backend of one process always lets the caller lead)."""
+    served without the cache. ``board`` coordinates identical requests across the processes
+    sharing the backend (None for a backend of one process: its flights suffice)."""
 
     @property
     def available(self) -> bool: ...
 
+    @property
+    def board(self) -> FlightBoard | None: ...
+
     async def get(self, key: str) -> Json | None: ...
 
     async def set(self, key: str, value: Json) -> None: ...
-
-    async def lock(self, key: str) -> str | None: ...
-
-    async def unlock(self, key: str, token: str) -> None: ...
-
-    async def wait_for(self, key: str) -> Json | None: ...
 
     async def close(self) -> None: ...
 
@@ -100,15 +100,7 @@ class MemoryCache:
         self._bytes = 0
 
     available = True
-
-    async def lock(self, key: str) -> str | None:
-        return ""  # one process: in-process flights already share identical calls
-
-    async def unlock(self, key: str, token: str) -> None:
-        return None
-
-    async def wait_for(self, key: str) -> Json | None:
-        return None
+    board = None  # one process: in-process flights already share identical calls
 
     @property
     def size(self) -> tuple[int, int]:

@@ -5,6 +5,10 @@ for it, the first included, subscribes. Streaming subscribers receive its chunks
 arrive (a late one first gets what was already produced); the others wait for the whole
 completion. A failure reaches every subscriber, so none is left hanging; when the last
 subscriber goes away (its client disconnected), the call is cancelled.
+
+With a cache shared by several processes (``CacheBackend.board``), one process leads each
+call and the flights of the others relay it (``redis_flights``); a process whose leader went
+away before it relayed anything leads a fresh call itself.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from palaver.cache import CacheBackend
+from palaver.cache import CacheBackend, CacheUnavailable
 from palaver.errors import PalaverError, UpstreamUnreachable
 from palaver.protocol import Json
 from palaver.providers import ProviderRouter
+from palaver.redis_flights import LeaderGone, Lease, end_of, failure_of
 from palaver.streaming import (
     ChunkNormalizer,
     CompletionAccumulator,
@@ -26,6 +31,15 @@ from palaver.streaming import (
 
 log = logging.getLogger("palaver.cache")
 
+RELAY_ATTEMPTS = 3  # leaders that may vanish in a row before this process leads uncoordinated
+
+
+class Cancelled(PalaverError):
+    """The flight's call was cancelled (every client left, or shutdown)."""
+
+    def __init__(self) -> None:
+        super().__init__("The request was cancelled.", code="cancelled")
+
 
 class Flight:
     __slots__ = (
@@ -34,6 +48,8 @@ class Flight:
         "done",
         "error",
         "events",
+        "lease",
+        "relayed",
         "streaming",
         "subscribers",
         "task",
@@ -49,11 +65,20 @@ class Flight:
         self.done = False
         self.subscribers = 0
         self.task: asyncio.Task[None] | None = None
+        self.lease: Lease | None = None  # this process leads the call for other processes
+        self.relayed = False  # some chunk went out to a client
         self._changed = asyncio.Event()
 
     def notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+
+    def add(self, events: bytes) -> None:
+        self.events.append(events)
+        self.notify()
+
+    def set_usage(self, event: bytes) -> None:
+        self.usage_event = event
 
     def join(self) -> None:
         self.subscribers += 1
@@ -61,7 +86,10 @@ class Flight:
     def leave(self) -> None:
         self.subscribers -= 1
         if self.subscribers <= 0 and not self.done and self.task is not None:
-            self.task.cancel()  # nobody is listening any more: cancel the upstream request
+            if self.lease is None:
+                self.task.cancel()  # nobody is listening any more: cancel the upstream request
+            else:
+                self.lease.board.orphaned(self.lease)  # unless other processes listen
 
     async def result(self) -> Json:
         while not self.done:
@@ -79,16 +107,14 @@ class Flight:
             raise self.error
 
     async def stream(self, include_usage: bool) -> AsyncIterator[bytes]:
-        """SSE bytes as they come, batched by what arrived together; raises the call's error."""
-        if not self.streaming:
-            completion = await self.result()
-            yield b"".join(encode_event(c) for c in replay_chunks(completion, include_usage))
-            return
+        """SSE bytes as they come, batched by what arrived together; raises the call's error.
+        A call that produced no chunks (not a stream) is replayed from its completion."""
         sent = 0
         while True:
             if sent < len(self.events):
                 batch = self.events[sent:]
                 sent += len(batch)
+                self.relayed = True
                 yield batch[0] if len(batch) == 1 else b"".join(batch)
             elif self.done:
                 break
@@ -96,6 +122,11 @@ class Flight:
                 await self._changed.wait()
         if self.error is not None:
             raise self.error
+        if not sent:
+            assert self.completion is not None
+            chunks = replay_chunks(self.completion, include_usage)
+            yield b"".join(encode_event(c) for c in chunks)
+            return
         if include_usage and self.usage_event is not None:
             yield self.usage_event
 
@@ -106,21 +137,46 @@ class Flights:
     def __init__(self, router: ProviderRouter, backend: CacheBackend | None) -> None:
         self._router = router
         self._backend = backend
+        self._board = backend.board if backend is not None else None
         self._flying: dict[str, Flight] = {}
         self._releasing: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
         """Cancel the flights still in the air (at shutdown)."""
         tasks = [f.task for f in self._flying.values() if f.task is not None and not f.done]
-        tasks += list(self._releasing)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._releasing, return_exceptions=True)
+        if self._board is not None:
+            await self._board.close()
 
     def find(self, share: str) -> Flight | None:
         """An identical flight of this process that has not failed."""
         found = self._flying.get(share)
         return found if found is not None and found.error is None else None
+
+    async def board(
+        self, model: str, payload: Json, *, streaming: bool, share: str | None, store: str | None
+    ) -> tuple[Flight, bool]:
+        """Join an identical flight, or start one: leading the call, or relaying the call
+        another process leads. Returns the flight and whether this request leads it.
+        ``share``: identical requests may join under this key; ``store``: the cache key
+        for its answer."""
+        if share is not None:
+            found = self.find(share)
+            if found is not None:
+                return found, False
+            if self._board is not None:
+                claim = await self._board.claim(share)
+                found = self.find(share)
+                if found is not None and not isinstance(claim, Lease):
+                    return found, False  # started by this process meanwhile: join it
+                flight = self.launch(
+                    model, payload, streaming=streaming, share=share, store=store, claim=claim
+                )
+                return flight, not isinstance(claim, str)
+        return self.launch(model, payload, streaming=streaming, share=share, store=store), True
 
     def launch(
         self,
@@ -130,16 +186,26 @@ class Flights:
         streaming: bool,
         share: str | None,
         store: str | None,
-        lock: str | None,
+        claim: Lease | str | None = None,
     ) -> Flight:
-        """Start a flight. ``share``: identical requests may join it under this key.
-        ``store``: the cache key for its answer. ``lock``: the cross-process lock this
-        process holds on ``share``, released when the flight lands."""
+        """Start a flight. ``claim``: the cross-process lock this process holds on
+        ``share`` (a ``Lease``), or the token of the process that holds it (relay that)."""
         flight = Flight(streaming)
         if share is not None:
             self._flying[share] = flight
-        flight.task = asyncio.create_task(self._fly(flight, model, payload, share, store, lock))
+        flight.task = asyncio.create_task(self._fly(flight, model, payload, share, store, claim))
+        # Landing in a callback also covers a task cancelled before it ever ran.
+        flight.task.add_done_callback(lambda _: self._land(flight, share))
+        if isinstance(claim, Lease):
+            self._lead(flight, claim)
         return flight
+
+    @staticmethod
+    def _lead(flight: Flight, lease: Lease) -> None:
+        task = flight.task
+        assert task is not None
+        flight.lease = lease
+        lease.bind(lambda: flight.subscribers <= 0, task.cancel)
 
     async def _fly(
         self,
@@ -148,17 +214,14 @@ class Flights:
         payload: Json,
         share: str | None,
         store: str | None,
-        lock: str | None,
+        claim: Lease | str | None,
     ) -> None:
         try:
-            if flight.streaming:
-                await self._fly_stream(flight, model, payload)
-            else:
-                flight.completion = await self._router.complete(model, payload)
+            led = await self._answer(flight, model, payload, share, claim)
         except PalaverError as exc:
             flight.error = exc
         except asyncio.CancelledError:
-            flight.error = PalaverError("The request was cancelled.", code="cancelled")
+            flight.error = Cancelled()
             raise
         except Exception:
             log.exception("upstream call failed")
@@ -166,44 +229,114 @@ class Flights:
         finally:
             flight.done = True
             flight.notify()
-            if flight.error is not None:
-                self._land(flight, share, lock)
+        if flight.error is not None:
+            return
+        assert flight.completion is not None
+        lease = flight.lease
+        if lease is not None:
+            if flight.usage_event is not None:
+                lease.send(b"u", flight.usage_event)
+            await lease.finish(end_of(flight.completion))
         # Until stored, the finished flight itself answers identical requests.
-        if store is not None and self._backend is not None and flight.completion is not None:
+        if led and store is not None and self._backend is not None:
             try:
                 await self._backend.set(store, flight.completion)
             except Exception:
                 log.exception("storing a cache entry failed")
-        self._land(flight, share, lock)
 
-    def _land(self, flight: Flight, share: str | None, lock: str | None) -> None:
+    async def _answer(
+        self,
+        flight: Flight,
+        model: str,
+        payload: Json,
+        share: str | None,
+        claim: Lease | str | None,
+    ) -> bool:
+        """Fill the flight: relay another process's call, or lead one. True if it led."""
+        attempts = 0
+        while isinstance(claim, str) and share is not None and self._board is not None:
+            try:
+                flight.completion = await self._board.relay(
+                    share, claim, flight.add, flight.set_usage
+                )
+                return False
+            except LeaderGone:
+                if flight.relayed:
+                    raise UpstreamUnreachable(
+                        "The server producing this answer stopped before finishing it."
+                    ) from None
+                flight.events.clear()  # no client saw them: start afresh
+                flight.usage_event = None
+            flight.completion = await self._cached(share)  # it may have finished meanwhile
+            if flight.completion is not None:
+                return False
+            attempts += 1
+            claim = await self._board.claim(share) if attempts < RELAY_ATTEMPTS else None
+            if isinstance(claim, Lease):
+                self._lead(flight, claim)
+        if flight.streaming:
+            await self._fly_stream(flight, model, payload)
+        else:
+            flight.completion = await self._router.complete(model, payload)
+        return True
+
+    async def _cached(self, key: str) -> Json | None:
+        if self._backend is None:
+            return None
+        try:
+            return await self._backend.get(key)
+        except CacheUnavailable:
+            return None
+
+    def _land(self, flight: Flight, share: str | None) -> None:
+        if not flight.done:  # cancelled before it started
+            flight.error, flight.done = Cancelled(), True
+            flight.notify()
         if share is not None and self._flying.get(share) is flight:
             del self._flying[share]
-        if lock and share is not None and self._backend is not None:
-            # Other processes wait on this lock: release it even when cancelled.
-            release = asyncio.create_task(self._backend.unlock(share, lock))
+        lease, flight.lease = flight.lease, None
+        if lease is not None:
+            # Other processes wait on this lock: release it even when cancelled, after telling
+            # them of a failure (a cancelled call is no failure of theirs: they take over).
+            error = flight.error
+            failure = None if error is None or isinstance(error, Cancelled) else failure_of(error)
+            release = asyncio.create_task(self._release(lease, failure))
             self._releasing.add(release)
             release.add_done_callback(self._releasing.discard)
 
+    @staticmethod
+    async def _release(lease: Lease, failure: bytes | None) -> None:
+        try:
+            if failure is not None:
+                await lease.finish(failure)
+        finally:
+            await lease.release()
+
     async def _fly_stream(self, flight: Flight, model: str, payload: Json) -> None:
-        upstream = await self._router.open_stream(model, payload)
+        # Usage is always asked for, so that the cached answer carries it; clients that did
+        # not ask are not sent the usage chunk (see ``Flight.stream``).
+        options = payload.get("stream_options")
+        options = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        upstream = await self._router.open_stream(model, {**payload, "stream_options": options})
         normalize = ChunkNormalizer(model=model, include_usage=True)
         whole = CompletionAccumulator()
+        events = flight.events
         try:
             async for batch in upstream:
-                added = False
+                before = len(events)
                 for chunk in batch:
                     out = normalize(chunk)
                     if out is None:
                         continue
                     whole.add(out)
                     if out["choices"]:
-                        flight.events.append(encode_event(out))
-                        added = True
+                        events.append(encode_event(out))
                     else:
                         flight.usage_event = encode_event(out)
-                if added:
+                if len(events) > before:
                     flight.notify()
+                    if flight.lease is not None:
+                        flight.lease.send(b"d", b"".join(events[before:]))
             if not normalize.complete:
                 raise UpstreamUnreachable("The upstream stream ended before its last chunk.")
         finally:

@@ -117,42 +117,18 @@ class ChatService:
         return cached, None if found is None else _fresh(found)
 
     async def _board(
-        self, call: ChatCall, streaming: bool, cached: tuple[Policy, str] | None
-    ) -> tuple[Flight | None, bool, Json | None]:
-        """Join an identical flight of this process, wait for one of another process, or
-        start a flight. Returns (flight, whether this request leads it, None), or
-        (None, False, answer) when another process answered."""
-        share = store = None
-        if cached is not None:
-            policy, key = cached
-            share = key if policy.lookup else None
-            store = key if policy.store else None
-        lock = None
-        if share is not None and self._cache is not None:
-            found = self._flights.find(share)
-            if found is not None:
-                return found, False, None
-            lock = await self._cache.lock(share)
-            if lock is None:
-                found = self._flights.find(share)
-                if found is not None:  # this process took the lock meanwhile: join live
-                    return found, False, None
-                try:  # another process leads: wait for its answer (bounded)
-                    answer = await self._cache.wait_for(share)
-                except CacheUnavailable:
-                    answer = None
-                if answer is not None:
-                    return None, False, _fresh(answer)
-                lock = await self._cache.lock(share) or ""  # it failed or died: take over
-        flight = self._flights.launch(
+        self, call: ChatCall, streaming: bool, cached: tuple[Policy, str]
+    ) -> tuple[Flight, bool]:
+        """Join an identical flight (of this process, or led by another one), or start one.
+        Returns the flight and whether this request leads it."""
+        policy, key = cached
+        return await self._flights.board(
             call.request.model,
             call.payload,
             streaming=streaming,
-            share=share,
-            store=store,
-            lock=lock,
+            share=key if policy.lookup else None,
+            store=key if policy.store else None,
         )
-        return flight, True, None
 
     def _finisher(self, turn: Turn | None) -> Finish | None:
         if turn is None:
@@ -173,17 +149,16 @@ class ChatService:
         turn = await self._begin(call)
         cached, body = await self._lookup(call)
         status = HIT
-        if body is None and cached is None:
+        if cached is None:
             body, status = await self._router.complete(call.request.model, call.payload), BYPASS
         elif body is None:
-            flight, leads, body = await self._board(call, False, cached)
-            if flight is not None:
-                flight.join()
-                try:
-                    completion = await flight.result()
-                finally:
-                    flight.leave()
-                body, status = ({**completion}, MISS) if leads else (_fresh(completion), HIT)
+            flight, leads = await self._board(call, False, cached)
+            flight.join()
+            try:
+                completion = await flight.result()
+            finally:
+                flight.leave()
+            body, status = ({**completion}, MISS) if leads else (_fresh(completion), HIT)
         assert body is not None
         headers = [status]
         finish = self._finisher(turn)
@@ -201,18 +176,16 @@ class ChatService:
         if turn is not None:
             headers.append((b"x-conversation-id", turn.conversation_id.encode()))
         cached, hit = await self._lookup(call)
-        flight: Flight | None = None
-        leads = True
-        if hit is None and cached is None:
-            flight = self._flights.launch(
-                call.request.model, call.payload, streaming=True, share=None, store=None, lock=None
-            )
-        elif hit is None:
-            flight, leads, hit = await self._board(call, True, cached)
-        if flight is None:
-            assert hit is not None
+        if hit is not None:
             headers.append(HIT)
             return ChatStream(_replay(hit, call.include_usage, finish), headers)
+        leads = True
+        if cached is None:
+            flight = self._flights.launch(
+                call.request.model, call.payload, streaming=True, share=None, store=None
+            )
+        else:
+            flight, leads = await self._board(call, True, cached)
         flight.join()
         try:
             await flight.started()

@@ -7,7 +7,13 @@ from collections.abc import AsyncIterator
 import pytest
 
 from palaver.errors import UpstreamUnreachable
-from palaver.streaming import ChunkNormalizer, parse_events
+from palaver.protocol import Json
+from palaver.streaming import (
+    ChunkNormalizer,
+    CompletionAccumulator,
+    parse_events,
+    replay_chunks,
+)
 
 
 async def _pieces(*parts: bytes) -> AsyncIterator[bytes]:
@@ -71,3 +77,36 @@ def test_normalizer_keeps_usage_when_asked() -> None:
     usage = normalize({"choices": [], "usage": {"total_tokens": 1}})
     assert usage is not None
     assert usage["usage"] == {"total_tokens": 1}
+
+
+def _accumulate(chunks: list[Json]) -> Json:
+    whole = CompletionAccumulator()
+    for chunk in chunks:
+        whole.add(chunk)
+    return whole.completion()
+
+
+def test_tool_calls_of_both_kinds_survive_accumulation_and_replay() -> None:
+    """A streamed custom tool call keeps its input (it is stored and sent upstream again)."""
+
+    def chunk(call: Json) -> Json:
+        choice = {"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}
+        return {"id": "x", "choices": [choice]}
+
+    chunks = [
+        chunk({"index": 0, "id": "c1", "type": "custom", "custom": {"name": "shell"}}),
+        chunk({"index": 0, "custom": {"input": "ls "}}),
+        chunk({"index": 0, "custom": {"input": "-la"}}),
+        chunk({"index": 1, "id": "c2", "type": "function", "function": {"name": "f"}}),
+        chunk({"index": 1, "function": {"arguments": '{"a":'}}),
+        chunk({"index": 1, "function": {"arguments": " 1}"}}),
+        {"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+    ]
+    calls = [
+        {"id": "c1", "type": "custom", "custom": {"name": "shell", "input": "ls -la"}},
+        {"id": "c2", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}},
+    ]
+    completion = _accumulate(chunks)
+    assert completion["choices"][0]["message"]["tool_calls"] == calls
+    replayed = _accumulate(replay_chunks(completion, include_usage=False))
+    assert replayed["choices"][0]["message"]["tool_calls"] == calls

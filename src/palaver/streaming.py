@@ -154,19 +154,26 @@ class _Choice:
             self.logprobs = merged
 
     def _add_call(self, call: Json) -> None:
-        entry = self.tool_calls.setdefault(
-            call.get("index", 0),
-            {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
-        )
+        """A tool-call delta: function calls stream ``function.arguments``, custom ones
+        ``custom.input``; names and payloads arrive in pieces."""
+        index = call.get("index", 0)
+        entry = self.tool_calls.get(index)
+        if entry is None:
+            kind = "custom" if call.get("type") == "custom" or "custom" in call else "function"
+            payload = "input" if kind == "custom" else "arguments"
+            entry = self.tool_calls[index] = {
+                "id": "",
+                "type": kind,
+                kind: {"name": "", payload: ""},
+            }
         if call.get("id"):
             entry["id"] = call["id"]
-        if call.get("type"):
-            entry["type"] = call["type"]
-        function = call.get("function") or {}
-        if function.get("name"):
-            entry["function"]["name"] += function["name"]
-        if function.get("arguments"):
-            entry["function"]["arguments"] += function["arguments"]
+        kind = entry["type"]
+        part = call.get(kind) or {}
+        body = entry[kind]
+        for key, value in part.items():
+            if isinstance(value, str) and value:
+                body[key] = body.get(key, "") + value
 
     def message(self) -> Json:
         text = {key: "".join(parts) for key, parts in self.text.items()}
@@ -268,22 +275,21 @@ def replay_chunks(completion: Json, include_usage: bool) -> list[Json]:
         if message.get("refusal"):
             emit(index, {"refusal": message["refusal"]})
         for position, call in enumerate(message.get("tool_calls") or ()):
-            function = call.get("function") or {}
+            kind = "custom" if call.get("type") == "custom" else "function"
+            payload = "input" if kind == "custom" else "arguments"
+            body = call.get(kind) or {}
             head = {
                 "index": position,
                 "id": call.get("id"),
-                "type": call.get("type", "function"),
-                "function": {"name": function.get("name", ""), "arguments": ""},
+                "type": kind,
+                kind: {"name": body.get("name", ""), payload: ""},
             }
             emit(index, {"tool_calls": [head]})
-            arguments = str(function.get("arguments", ""))
-            half = len(arguments) // 2
-            for piece in (arguments[:half], arguments[half:]):
+            text = str(body.get(payload, ""))
+            half = len(text) // 2
+            for piece in (text[:half], text[half:]):
                 if piece:
-                    emit(
-                        index,
-                        {"tool_calls": [{"index": position, "function": {"arguments": piece}}]},
-                    )
+                    emit(index, {"tool_calls": [{"index": position, kind: {payload: piece}}]})
         emit(index, {}, choice.get("finish_reason") or "stop", choice.get("logprobs"))
     if include_usage and completion.get("usage"):
         chunks.append({**base, "choices": [], "usage": completion["usage"]})

@@ -478,3 +478,54 @@ def test_tool_loop_client_resending_its_transcript_is_not_doubled(
         "function_call_output",
         "message",
     ]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_deleting_a_conversation_with_a_turn_in_flight_is_final(
+    upstream: Upstream, tmp_path: Path, stream: bool
+) -> None:
+    conversations = {"backend": "sqlite", "path": str(tmp_path / "c.sqlite3")}
+    with run_palaver([provider_entry(upstream)], conversations=conversations) as url:
+        async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="k", max_retries=0) as c:
+            await c.chat.completions.create(
+                model="m",
+                messages=[{"role": "user", "content": "first"}],
+                extra_body={"conversation": "doomed"},
+            )
+            upstream.behave(first_byte_delay=0.5)
+
+            async def turn() -> Any:
+                if not stream:
+                    return await c.chat.completions.create(
+                        model="m",
+                        messages=[{"role": "user", "content": "in flight"}],
+                        extra_body={"conversation": "doomed"},
+                    )
+                chunks = await c.chat.completions.create(
+                    model="m",
+                    messages=[{"role": "user", "content": "in flight"}],
+                    extra_body={"conversation": "doomed"},
+                    stream=True,
+                )
+                return [chunk async for chunk in chunks]
+
+            in_flight = asyncio.create_task(turn())
+            await asyncio.sleep(0.2)
+            deleted = await c.conversations.delete("doomed")
+            assert deleted.deleted
+            if stream:
+                with pytest.raises(openai.APIError, match="deleted while this request"):
+                    await in_flight
+            else:
+                with pytest.raises(openai.NotFoundError, match="deleted while this request"):
+                    await in_flight
+            with pytest.raises(openai.NotFoundError):
+                await c.conversations.retrieve("doomed")
+            upstream.behave()
+            await c.chat.completions.create(  # the id may be used again: a new conversation
+                model="m",
+                messages=[{"role": "user", "content": "reborn"}],
+                extra_body={"conversation": "doomed"},
+            )
+            items = [item async for item in c.conversations.items.list("doomed")]
+    assert texts(items) == ["reborn", "[up1] reborn"]

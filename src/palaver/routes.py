@@ -82,7 +82,7 @@ class Handlers:
         if scope["method"] != "GET":
             raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {scope['path']}.")
         name = unquote(scope["path"].split("/models/", 1)[1])
-        owner = self._router.owner(name) if name else None
+        owner = await self._router.listed_owner(name) if name else None
         if owner is None:
             raise NotFound(
                 f"The model '{name}' does not exist or no provider serves it.",

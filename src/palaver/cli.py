@@ -8,6 +8,7 @@ import os
 import sys
 import urllib.request
 from collections.abc import Sequence
+from importlib import metadata
 from typing import Any
 
 import uvicorn
@@ -19,6 +20,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="palaver", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"palaver {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the OpenAI-compatible server")
     serve.add_argument("--host", help="address to bind (env HOST, default 127.0.0.1)")
@@ -30,6 +32,15 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("healthcheck", help="exit 0 if the local server answers /health")
     check.add_argument("--config", help="TOML config file (env PALAVER_CONFIG)")
     return parser
+
+
+def _version() -> str:
+    try:
+        return metadata.version("palaver")
+    except metadata.PackageNotFoundError:  # run from a source tree that was not installed
+        from palaver import __version__
+
+        return __version__
 
 
 def healthcheck(args: argparse.Namespace) -> int:

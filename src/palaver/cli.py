@@ -14,6 +14,7 @@ from typing import Any
 import uvicorn
 
 from palaver.config import ConfigError, Settings, load_settings
+from palaver.server import uvicorn_options
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -81,12 +82,9 @@ def serve(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {
         "host": server.host,
         "port": server.port,
-        "loop": "uvloop",
-        "http": "httptools",
-        "lifespan": "on",
         "access_log": server.access_log,
         "log_level": args.log_level,
-        "timeout_graceful_shutdown": 10,
+        **uvicorn_options(server),
     }
     if args.reload or server.workers > 1:
         # Child processes rebuild the settings from the environment; flags travel through it.

@@ -35,6 +35,13 @@ class ServerSettings(Struct, forbid_unknown_fields=True, kw_only=True):
     api_keys: list[str] = []  # trimmed, as incoming keys are; a blank one is an error
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 8 * 1024 * 1024
     access_log: bool = False
+    # Slow and oversized clients (see palaver.server): 408 / 431 and the connection closed.
+    header_timeout: Seconds = 10.0  # a request's line and headers, from its first byte
+    body_idle_timeout: Seconds = 10.0  # the longest pause within a body
+    body_timeout: Seconds = 60.0  # the whole body, from the end of the headers
+    max_header_bytes: Annotated[int, Meta(ge=1024)] = 64 * 1024
+    # Stopping: requests in flight get this long, then streams end with an error event.
+    shutdown_grace: Annotated[float, Meta(ge=0, le=300)] = 3.0
 
 
 class ProviderSettings(Struct, forbid_unknown_fields=True, kw_only=True):

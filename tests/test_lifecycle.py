@@ -192,8 +192,14 @@ def test_configured_key_with_spaces_is_usable() -> None:
 # -- stopping (item 11) ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_stopping_ends_requests_in_flight_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
+@pytest.mark.parametrize(
+    ("sig", "workers"),
+    [(signal.SIGTERM, 1), (signal.SIGINT, 1), (signal.SIGTERM, 2)],
+    ids=["SIGTERM", "SIGINT", "SIGTERM-2-workers"],
+)
+def test_stopping_ends_requests_in_flight_cleanly(
+    tmp_path: Path, sig: signal.Signals, workers: int
+) -> None:
     """Streams in flight end with an error event and [DONE]; requests without an answer yet
     (a slow upstream, a slow upload) get a 503; nothing is stored; no traceback; quick exit."""
     grace = 1.0
@@ -207,7 +213,7 @@ def test_stopping_ends_requests_in_flight_cleanly(tmp_path: Path, sig: signal.Si
             provider_entry(late, ["late"], first_byte_timeout=60),
         ]
         sections: dict[str, Any] = {
-            "server": {"shutdown_grace": grace},
+            "server": {"shutdown_grace": grace, "workers": workers},
             "conversations": {"backend": "sqlite", "path": str(tmp_path / "c.sqlite3")},
         }
         served = stack.enter_context(palaver_serve(tmp_path, providers, **sections))

@@ -158,7 +158,7 @@ class PalaverProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._in_head = True  # between a request's first byte and the end of its headers
         self._head_bytes = 0  # received while the headers were incomplete
-        self._head_parsed = 0  # the URL and headers parsed so far
+        self._arrived = 0  # those and the bytes being parsed now
         self._in_body = False  # between the end of the headers and the end of the body
         self._body_deadline = 0.0
         self._last_read = 0.0
@@ -176,6 +176,7 @@ class PalaverProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         # uvicorn's own, but a callback's refusal (headers too large) answers 431, not 400.
         self._unset_keepalive_if_required()
+        self._arrived = self._head_bytes + len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -211,17 +212,14 @@ class PalaverProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
-        self._head_bytes = self._head_parsed = 0
-
-    def on_url(self, url: bytes) -> None:
-        self._count(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4)
-        super().on_header(name, value)
+        self._head_bytes = 0
 
     def on_headers_complete(self) -> None:
+        # Only a head that may be too large (it came in more bytes than allowed) is measured.
+        if self._arrived > self._max_head:
+            size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+            if size > self._max_head:
+                raise _Refused(self._too_large())  # stops the parser: answered in data_received
         self._in_head = False
         self._in_body = True
         self._stop_timer()
@@ -233,11 +231,6 @@ class PalaverProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     # -- limits ---------------------------------------------------------------------------------
-
-    def _count(self, size: int) -> None:
-        self._head_parsed += size
-        if self._head_parsed > self._max_head:
-            raise _Refused(self._too_large())
 
     def _too_large(self) -> HeadersTooLarge:
         return HeadersTooLarge(f"The request headers exceed {self._max_head} bytes.")

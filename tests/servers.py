@@ -11,6 +11,8 @@ from typing import Any
 
 import uvicorn
 
+from palaver.server import uvicorn_options
+
 
 @contextmanager
 def serve(app: Any) -> Iterator[str]:
@@ -19,9 +21,11 @@ def serve(app: Any) -> Iterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=2
-    )
+    settings = getattr(app, "settings", None)
+    options = uvicorn_options(settings.server if settings is not None else None)
+    if settings is None:  # the test upstream: nothing to drain, stop soon
+        options["timeout_graceful_shutdown"] = 2
+    config = uvicorn.Config(app, log_level="warning", access_log=False, **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 
 import httpx2 as httpx
@@ -89,3 +90,15 @@ def test_flags_beat_environment(tmp_path: Path) -> None:
         assert httpx.get(url + "/v1/models").status_code == 401
         ok = httpx.get(url + "/v1/models", headers={"authorization": "Bearer sk-file"})
         assert ok.json()["data"][0]["id"] == "echo"
+
+
+def test_version() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "palaver", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"palaver {metadata.version('palaver')}"

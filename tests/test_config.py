@@ -129,3 +129,55 @@ def test_serve_exits_with_one_line_on_bad_config(tmp_path: Path) -> None:
     assert len(lines) == 1
     assert "cache.ttl_seconds" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        (
+            {"PALAVER_CACHE__TTL": "5"},
+            "cache.ttl: unknown setting (from environment variable PALAVER_CACHE__TTL)",
+        ),
+        (
+            {"PALAVER_CACHE__BACKEND": "mem"},
+            "cache.backend: Expected 'memory' or 'redis', got 'mem' "
+            "(from environment variable PALAVER_CACHE__BACKEND)",
+        ),
+        (
+            {"PALAVER_CONVERSATIONS__BACKEND": "mongo"},
+            "conversations.backend: Expected 'sqlite', 'memory' or 'redis', got 'mongo' "
+            "(from environment variable PALAVER_CONVERSATIONS__BACKEND)",
+        ),
+        (
+            {"PALAVER_NOPE__KEY": "1"},
+            "nope.key: unknown setting (from environment variable PALAVER_NOPE__KEY)",
+        ),
+    ],
+)
+def test_bad_environment_value_names_the_variable(env: dict[str, str], line: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env=env)
+    assert str(caught.value) == line
+
+
+def test_file_errors_name_the_key_and_the_allowed_values(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, "[cache]\nttl_secs = 3\n"), env={})
+    assert str(caught.value) == "cache.ttl_secs: unknown setting"
+    bad_kind = "[[providers]]\nname = 'a'\nbase_url = 'http://x'\nkind = 'claude'\n"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, bad_kind), env={})
+    assert str(caught.value) == "providers[0].kind: Expected 'openai' or 'echo', got 'claude'"
+
+
+def test_api_keys_are_trimmed_like_incoming_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, '[server]\napi_keys = [" sk-a ", "\\tsk-b"]\n')
+    assert load_settings(path, env={}).server.api_keys == ["sk-a", "sk-b"]
+
+
+@pytest.mark.parametrize("keys", ['["sk-a", "  "]', '[""]'])
+def test_blank_api_key_is_a_config_error(tmp_path: Path, keys: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, f"[server]\napi_keys = {keys}\n"), env={})
+    assert str(caught.value).startswith("server.api_keys[")
+    assert "empty" in str(caught.value)

@@ -31,6 +31,7 @@ from palaver.providers import build_router, new_session
 from palaver.redis_cache import RedisCache
 from palaver.redis_link import RedisLink
 from palaver.routes import Handlers
+from palaver.server import Drain
 from palaver.service import ChatService
 from palaver.stores import ConversationStore, open_store
 
@@ -71,6 +72,8 @@ class Palaver:
             for key in settings.server.api_keys
         }
         self._runtime: _Runtime | None = None
+        # Set off by the server when it stops (palaver.server): open streams end cleanly.
+        self.drain = Drain(settings.server.shutdown_grace)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -100,7 +103,7 @@ class Palaver:
         max_body = settings.server.max_body_bytes
         cache = _cache_backend(settings, link)
         service = ChatService(router, conversations, cache)
-        handlers = Handlers(service, router, max_body)
+        handlers = Handlers(service, router, max_body, self.drain)
         conversation_routes = ConversationHandlers(conversations, max_body)
         chat: dict[str, Handler] = {"POST": handlers.chat}
         models: dict[str, Handler] = {"GET": handlers.models}

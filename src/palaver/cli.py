@@ -8,17 +8,20 @@ import os
 import sys
 import urllib.request
 from collections.abc import Sequence
+from importlib import metadata
 from typing import Any
 
 import uvicorn
 
 from palaver.config import ConfigError, Settings, load_settings
+from palaver.server import uvicorn_options
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="palaver", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"palaver {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the OpenAI-compatible server")
     serve.add_argument("--host", help="address to bind (env HOST, default 127.0.0.1)")
@@ -30,6 +33,15 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("healthcheck", help="exit 0 if the local server answers /health")
     check.add_argument("--config", help="TOML config file (env PALAVER_CONFIG)")
     return parser
+
+
+def _version() -> str:
+    try:
+        return metadata.version("palaver")
+    except metadata.PackageNotFoundError:  # run from a source tree that was not installed
+        from palaver import __version__
+
+        return __version__
 
 
 def healthcheck(args: argparse.Namespace) -> int:
@@ -70,12 +82,9 @@ def serve(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {
         "host": server.host,
         "port": server.port,
-        "loop": "uvloop",
-        "http": "httptools",
-        "lifespan": "on",
         "access_log": server.access_log,
         "log_level": args.log_level,
-        "timeout_graceful_shutdown": 10,
+        **uvicorn_options(server),
     }
     if args.reload or server.workers > 1:
         # Child processes rebuild the settings from the environment; flags travel through it.

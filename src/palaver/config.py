@@ -7,10 +7,13 @@ dict, then validated once against the schema below, so an error names the key it
 from __future__ import annotations
 
 import os
+import re
 import tomllib
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import msgspec
 from msgspec import Meta, Struct
@@ -29,9 +32,16 @@ class ServerSettings(Struct, forbid_unknown_fields=True, kw_only=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 3001
     workers: Annotated[int, Meta(ge=1, le=256)] = 1
-    api_keys: list[Annotated[str, Meta(min_length=1)]] = []
+    api_keys: list[str] = []  # trimmed, as incoming keys are; a blank one is an error
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 8 * 1024 * 1024
     access_log: bool = False
+    # Slow and oversized clients (see palaver.server): 408 / 431 and the connection closed.
+    header_timeout: Seconds = 10.0  # a request's line and headers, from its first byte
+    body_idle_timeout: Seconds = 10.0  # the longest pause within a body
+    body_timeout: Seconds = 60.0  # the whole body, from the end of the headers
+    max_header_bytes: Annotated[int, Meta(ge=1024)] = 64 * 1024
+    # Stopping: requests in flight get this long, then streams end with an error event.
+    shutdown_grace: Annotated[float, Meta(ge=0, le=300)] = 3.0
 
 
 class ProviderSettings(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -196,11 +206,78 @@ def settings_from(
     try:
         settings = msgspec.convert(tree, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        message, param = describe_validation_error(exc)
-        where = f" (from {origin[param]})" if param and param in origin else ""
-        raise ConfigError(f"{param or 'config'}: {message}{where}") from None
+        raise ConfigError(_describe(exc, origin)) from None
+    _check_api_keys(settings, origin)
     _check_providers(settings, env)
     return settings
+
+
+_UNKNOWN = re.compile(r"^Object contains unknown field '(?P<field>[^']+)'$")
+_ENUM = re.compile(r"^Invalid enum value (?P<value>.+)$")
+
+
+def _describe(error: msgspec.ValidationError, origin: Mapping[str, str]) -> str:
+    """One line naming the key, the variable it came from, and for an enum what it allows."""
+    message, param = describe_validation_error(error)
+    unknown = _UNKNOWN.match(message)
+    enum = _ENUM.match(message)
+    if unknown:
+        param = f"{param}.{unknown['field']}" if param else unknown["field"]
+        message = "unknown setting"
+        # An unknown section from the environment: name the whole key the variable set.
+        under = [key for key in origin if key.startswith(param + ".")]
+        if param not in origin and len(under) == 1:
+            param = under[0]
+    elif enum and param:
+        allowed = _literal_values(param)
+        if allowed:
+            message = f"Expected {_alternatives(allowed)}, got {enum['value']}"
+    where = f" (from {origin[param]})" if param and param in origin else ""
+    return f"{param or 'config'}: {message}{where}"
+
+
+def _literal_values(dotted: str) -> tuple[Any, ...] | None:
+    """The values a ``Literal`` setting allows, found by walking the schema down ``dotted``."""
+    kind: Any = Settings
+    for part in re.sub(r"\[\d+\]", "", dotted).split("."):
+        if not (isinstance(kind, type) and issubclass(kind, Struct)):
+            return None
+        kind = _unwrap(typing.get_type_hints(kind).get(part))
+    return get_args(kind) if get_origin(kind) is Literal else None
+
+
+def _unwrap(kind: Any) -> Any:
+    """``list[X]``, ``X | None``: X."""
+    while True:
+        origin = get_origin(kind)
+        if origin is list:
+            kind = get_args(kind)[0]
+        elif origin in (typing.Union, types.UnionType):
+            kinds = [k for k in get_args(kind) if k is not type(None)]
+            if len(kinds) != 1:
+                return kind
+            kind = kinds[0]
+        else:
+            return kind
+
+
+def _alternatives(values: tuple[Any, ...]) -> str:
+    quoted = [repr(value) for value in values]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+def _check_api_keys(settings: Settings, origin: Mapping[str, str]) -> None:
+    """Keys are compared trimmed (an ``Authorization`` header's key is), so store them so."""
+    keys = []
+    for index, key in enumerate(settings.server.api_keys):
+        if not key.strip():
+            source = origin.get("server.api_keys")
+            where = f" (from {source})" if source else ""
+            raise ConfigError(
+                f"server.api_keys[{index}]: empty key (blank after trimming spaces){where}"
+            )
+        keys.append(key.strip())
+    settings.server.api_keys = keys
 
 
 def _check_providers(settings: Settings, env: Mapping[str, str]) -> None:

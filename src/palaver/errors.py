@@ -5,15 +5,22 @@
      +-- Unauthorized                 401 invalid_api_key
      +-- NotFound                     404 (unknown route, model, conversation)
      +-- MethodNotAllowed             405
+     +-- RequestTimeout               408 headers or body too slow (written by the server)
      +-- PayloadTooLarge              413
      +-- UnsupportedMediaType         415
+     +-- HeadersTooLarge              431 (written by the server)
      +-- ServiceUnavailable           503
+     |    +-- OutOfResources          palaver itself is out of file descriptors
+     |    +-- ShuttingDown            palaver is stopping
      +-- UpstreamError                a provider failed
-          +-- UpstreamUnreachable     502 connection refused/reset, malformed answer
+          +-- UpstreamUnreachable     502 could not connect, or no answer on the connection
+          +-- UpstreamInterrupted     502 it answered, then broke off
+          +-- UpstreamMalformed       502 it answered something that is not a valid answer
           +-- UpstreamTimeout         504
           +-- UpstreamStatus          the provider's own status and message (4xx, 429, 5xx)
 
-Handlers raise; one place (the app) renders. A stack trace never reaches a client.
+Handlers raise; one place (the app) renders. A stack trace never reaches a client, and no
+message names a library or quotes an exception: the technical detail goes to the log.
 """
 
 from __future__ import annotations
@@ -85,6 +92,12 @@ class MethodNotAllowed(PalaverError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(PalaverError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class PayloadTooLarge(PalaverError):
     status = 413
     type = "invalid_request_error"
@@ -97,10 +110,26 @@ class UnsupportedMediaType(PalaverError):
     code = "unsupported_media_type"
 
 
+class HeadersTooLarge(PalaverError):
+    status = 431
+    type = "invalid_request_error"
+    code = "request_headers_too_large"
+
+
 class ServiceUnavailable(PalaverError):
     status = 503
     type = "service_unavailable"
     code = "service_unavailable"
+
+
+class OutOfResources(ServiceUnavailable):
+    """A local fault (out of file descriptors): not the provider's, so no failover."""
+
+    code = "server_overloaded"
+
+
+class ShuttingDown(ServiceUnavailable):
+    code = "server_shutting_down"
 
 
 class UpstreamError(PalaverError):
@@ -113,6 +142,14 @@ class UpstreamError(PalaverError):
 
 class UpstreamUnreachable(UpstreamError):
     code = "upstream_unreachable"
+
+
+class UpstreamInterrupted(UpstreamError):
+    code = "upstream_error"
+
+
+class UpstreamMalformed(UpstreamError):
+    code = "upstream_malformed"
 
 
 class UpstreamTimeout(UpstreamError):

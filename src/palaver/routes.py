@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import AsyncGenerator
 from urllib.parse import unquote
 
 import orjson
@@ -16,12 +19,17 @@ from palaver.asgi import (
     read_body,
     send_json,
 )
-from palaver.errors import MethodNotAllowed, NotFound, UnsupportedMediaType
+from palaver.errors import MethodNotAllowed, NotFound, ShuttingDown, UnsupportedMediaType
 from palaver.protocol import model_list, parse_chat_request
 from palaver.providers import ProviderRouter
+from palaver.server import Drain
 from palaver.service import ChatCall, ChatService
+from palaver.streaming import DONE, error_event
+
+log = logging.getLogger("palaver")
 
 HEALTH_BODY = orjson.dumps({"status": "ok"})
+LAST_WORDS_SECONDS = 1.0  # a client that does not read cannot hold up a stop for longer
 
 
 def _check_json(scope: Scope) -> None:
@@ -36,10 +44,13 @@ def _check_json(scope: Scope) -> None:
 
 
 class Handlers:
-    def __init__(self, service: ChatService, router: ProviderRouter, max_body: int) -> None:
+    def __init__(
+        self, service: ChatService, router: ProviderRouter, max_body: int, drain: Drain
+    ) -> None:
         self._service = service
         self._router = router
         self._max_body = max_body
+        self._drain = drain
 
     async def chat(self, scope: Scope, receive: Receive, send: Send, tenant: str) -> None:
         _check_json(scope)
@@ -67,11 +78,29 @@ class Handlers:
                         "headers": SSE_HEADERS + stream.headers,
                     }
                 )
-                async for event in stream.events:
-                    await send({"type": "http.response.body", "body": event, "more_body": True})
-                await send({"type": "http.response.body", "body": b""})
+                await self._relay(stream.events, send)
             finally:
                 await stream.events.aclose()
+
+    async def _relay(self, events: AsyncGenerator[bytes, None], send: Send) -> None:
+        """Relay a stream's events. When palaver stops, the drain cuts it after the grace
+        period: the upstream request is cancelled (closing the generator does it), nothing is
+        stored, and the client gets an error event and ``[DONE]``."""
+        try:
+            with self._drain.stream():
+                async for event in events:
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
+        except ShuttingDown as exc:
+            await events.aclose()
+            try:
+                async with asyncio.timeout(LAST_WORDS_SECONDS):
+                    last = error_event(exc) + DONE
+                    await send({"type": "http.response.body", "body": last, "more_body": True})
+                    await send({"type": "http.response.body", "body": b""})
+            except TimeoutError:
+                log.info("stopping: a client did not read the end of its stream")
+            return
+        await send({"type": "http.response.body", "body": b""})
 
     async def models(self, scope: Scope, receive: Receive, send: Send, tenant: str) -> None:
         models = await self._router.list_models()
@@ -82,7 +111,7 @@ class Handlers:
         if scope["method"] != "GET":
             raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {scope['path']}.")
         name = unquote(scope["path"].split("/models/", 1)[1])
-        owner = self._router.owner(name) if name else None
+        owner = await self._router.listed_owner(name) if name else None
         if owner is None:
             raise NotFound(
                 f"The model '{name}' does not exist or no provider serves it.",

@@ -23,6 +23,8 @@ class ChunkStream(Protocol):
 
 class Provider(Protocol):
     name: str
+    # True: answers whatever model name it is asked for (echo), listed or not.
+    serves_any_model: bool
 
     async def complete(self, payload: Json) -> Json:
         """One non-streaming completion. Raises an ``UpstreamError`` on failure."""

@@ -1,6 +1,8 @@
 """The built-in ``echo`` model: answers with the text of the last user message.
 
-It lets palaver run, and be tried, with no provider at all.
+It lets palaver run, and be tried, with no provider at all. A word is a token: ``max_tokens``
+(or ``max_completion_tokens``) cuts the answer after that many words, with
+``finish_reason: "length"``, and the usage counts words. It serves any model name.
 """
 
 from __future__ import annotations
@@ -14,11 +16,23 @@ from palaver.protocol import Json, completion_id, now, text_of
 _WORDS = re.compile(r"\s*\S+\s*")
 
 
-def _reply_text(payload: Json) -> str:
+def _reply(payload: Json) -> tuple[str, str]:
+    """The answer's text and finish reason: the last user message, cut at the token limit."""
+    text = ""
     for message in reversed(payload.get("messages", ())):
         if message.get("role") == "user":
-            return text_of(message.get("content"))
-    return ""
+            text = text_of(message.get("content"))
+            break
+    limits = [
+        value
+        for value in (payload.get("max_tokens"), payload.get("max_completion_tokens"))
+        if isinstance(value, int) and value > 0
+    ]
+    if limits:
+        words = _WORDS.findall(text)
+        if len(words) > min(limits):
+            return "".join(words[: min(limits)]).rstrip(), "length"
+    return text, "stop"
 
 
 def _usage(payload: Json, reply: str, n: int) -> Json:
@@ -37,11 +51,13 @@ def _choices(payload: Json) -> int:
 
 
 class EchoProvider:
+    serves_any_model = True
+
     def __init__(self, name: str = "echo") -> None:
         self.name = name
 
     async def complete(self, payload: Json) -> Json:
-        reply = _reply_text(payload)
+        reply, finish = _reply(payload)
         n = _choices(payload)
         return {
             "id": completion_id(),
@@ -53,7 +69,7 @@ class EchoProvider:
                     "index": index,
                     "message": {"role": "assistant", "content": reply, "refusal": None},
                     "logprobs": None,
-                    "finish_reason": "stop",
+                    "finish_reason": finish,
                 }
                 for index in range(n)
             ],
@@ -76,7 +92,7 @@ class _EchoStream:
 
     async def __aiter__(self) -> AsyncIterator[list[Json]]:
         payload = self._payload
-        reply = _reply_text(payload)
+        reply, finish = _reply(payload)
         n = _choices(payload)
         base: dict[str, Any] = {
             "id": completion_id(),
@@ -93,7 +109,7 @@ class _EchoStream:
             yield chunk(index, {"role": "assistant", "content": ""})
             for word in _WORDS.findall(reply):
                 yield chunk(index, {"content": word})
-            yield chunk(index, {}, "stop")
+            yield chunk(index, {}, finish)
         options = payload.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage"):
             yield [{**base, "choices": [], "usage": _usage(payload, reply, n)}]

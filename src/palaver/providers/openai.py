@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -11,9 +12,25 @@ import orjson
 from yarl import URL
 
 from palaver.config import ProviderSettings
-from palaver.errors import UpstreamError, UpstreamStatus, UpstreamTimeout, UpstreamUnreachable
+from palaver.errors import (
+    UpstreamError,
+    UpstreamInterrupted,
+    UpstreamMalformed,
+    UpstreamTimeout,
+)
 from palaver.protocol import Json
+from palaver.providers.failures import (
+    connection_failed,
+    detail,
+    logged,
+    malformed,
+    no_answer,
+    status_error,
+    stream_error,
+)
 from palaver.streaming import parse_events
+
+log = logging.getLogger("palaver.providers")
 
 MODELS_TIMEOUT = aiohttp.ClientTimeout(total=5)
 
@@ -34,8 +51,12 @@ class OpenAIProvider:
 
     Timeouts: ``connect_timeout`` for the TCP/TLS connection, ``first_byte_timeout`` until the
     answer (or a stream's first chunk) starts, ``chunk_timeout`` between two reads after that.
+    A stream's socket reads start under ``first_byte_timeout`` (the response headers may come
+    as late as the first chunk) and switch to ``chunk_timeout`` once the first chunk is in.
     The client's own credentials never travel upstream: only the provider's key does.
     """
+
+    serves_any_model = False
 
     def __init__(self, settings: ProviderSettings, session: aiohttp.ClientSession) -> None:
         self.name = settings.name
@@ -48,22 +69,23 @@ class OpenAIProvider:
         self._headers = headers
         self._session = session
         self._first_byte = settings.first_byte_timeout
-        # Non-streaming: the answer comes at once, so the read timeout is the first-byte one.
-        self._whole_timeout = aiohttp.ClientTimeout(
+        self._chunk = settings.chunk_timeout
+        # Until the answer (or a stream's first chunk) is in, reads wait first_byte_timeout;
+        # a stream switches to chunk_timeout after its first chunk (``_Stream.started``).
+        self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=settings.connect_timeout, sock_read=settings.first_byte_timeout
         )
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=settings.connect_timeout, sock_read=settings.chunk_timeout
-        )
+        self._models_failing = False
 
     async def complete(self, payload: Json) -> Json:
-        response = await self._post(payload, self._whole_timeout)
+        response = await self._post(payload)
         try:
             raw = await response.read()
         except TimeoutError:
             raise no_answer(self.name, self._first_byte) from None
         except aiohttp.ClientError as exc:
-            raise UpstreamUnreachable(f"Provider {self.name} broke off its answer: {exc}") from None
+            broke_off = UpstreamInterrupted(f"Provider {self.name} broke off its answer mid-body.")
+            raise logged(self.name, broke_off, exc) from None
         finally:
             response.release()
         try:
@@ -71,36 +93,55 @@ class OpenAIProvider:
         except orjson.JSONDecodeError:
             body = None
         if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
-            raise UpstreamUnreachable(f"Provider {self.name} sent a malformed completion.")
+            log.warning("provider %s: malformed completion: %r", self.name, raw[:200])
+            raise malformed(self.name)
         return body
 
     async def open_stream(self, payload: Json) -> _Stream:
         response: aiohttp.ClientResponse | None = None
         try:
             async with self._deadline():
-                response = await self._post(payload, self._stream_timeout)
+                response = await self._post(payload)
                 stream = _Stream(self.name, response)
                 await stream.start()
         except BaseException:
             if response is not None:
                 response.close()
             raise
+        stream.started(self._chunk)
         return stream
 
     async def list_models(self) -> list[str]:
+        """The upstream's model names; a failure is logged once (until it answers again)."""
+        problem: str
         try:
             async with self._session.get(
                 self._models_url, headers=self._headers, timeout=MODELS_TIMEOUT
             ) as response:
-                if response.status != 200:
-                    return []
-                body: Any = orjson.loads(await response.read())
-        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
-            return []
-        data = body.get("data") if isinstance(body, dict) else None
-        if not isinstance(data, list):
-            return []
-        return [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+                raw = await response.read()
+            problem = f"status {response.status}"
+            if response.status == 200:
+                body: Any = orjson.loads(raw)
+                data = body.get("data") if isinstance(body, dict) else None
+                if isinstance(data, list):
+                    self._models_failing = False
+                    return [
+                        m["id"]
+                        for m in data
+                        if isinstance(m, dict) and isinstance(m.get("id"), str)
+                    ]
+                problem = "an answer without a 'data' list"
+        except (aiohttp.ClientError, TimeoutError, OSError, orjson.JSONDecodeError) as exc:
+            problem = detail(exc)
+        if not self._models_failing:
+            self._models_failing = True
+            log.warning(
+                "provider %s: could not list its models at %s (%s); /v1/models leaves them out",
+                self.name,
+                self._models_url,
+                problem,
+            )
+        return []
 
     async def aclose(self) -> None:
         """The session belongs to the app, which closes it."""
@@ -108,8 +149,9 @@ class OpenAIProvider:
     def _deadline(self) -> _FirstByteDeadline:
         return _FirstByteDeadline(self.name, self._first_byte)
 
-    async def _post(self, payload: Json, limits: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+    async def _post(self, payload: Json) -> aiohttp.ClientResponse:
         body = orjson.dumps(payload)
+        limits = self._timeout
         try:
             try:
                 response = await self._session.post(
@@ -125,8 +167,8 @@ class OpenAIProvider:
             raise UpstreamTimeout(f"Provider {self.name} did not accept the connection.") from None
         except TimeoutError:
             raise no_answer(self.name, self._first_byte) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnreachable(f"Provider {self.name} is unreachable: {exc}") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise connection_failed(self.name, exc) from None
         if response.status >= 400:
             try:
                 raw = await response.read()
@@ -136,10 +178,6 @@ class OpenAIProvider:
                 response.release()
             raise status_error(self.name, response.status, raw, response.headers)
         return response
-
-
-def no_answer(name: str, seconds: float) -> UpstreamTimeout:
-    return UpstreamTimeout(f"Provider {name} did not answer within {seconds:g} s.")
 
 
 class _FirstByteDeadline:
@@ -171,14 +209,26 @@ class _Stream:
         self._response = response
         self._events = parse_events(response.content.iter_any())
         self._first: list[Json] | None = None
+        self._broke_off = f"Provider {name} broke off its answer."
 
     async def start(self) -> None:
         try:
             self._first = await self._next()
         except StopAsyncIteration:
-            raise UpstreamUnreachable(
-                f"Provider {self._name} ended its stream before any chunk."
-            ) from None
+            if "event-stream" not in self._response.headers.get("Content-Type", ""):
+                log.warning(
+                    "provider %s: a stream request was answered without a stream", self._name
+                )
+                raise malformed(self._name) from None
+            raise UpstreamMalformed(f"Provider {self._name} sent an empty stream.") from None
+
+    def started(self, chunk_timeout: float) -> None:
+        """The first chunk is in: from now on a read may wait ``chunk_timeout``."""
+        self._broke_off = f"Provider {self._name} broke off its stream."
+        connection = self._response.connection
+        if connection is not None and connection.protocol is not None:
+            connection.protocol.read_timeout = chunk_timeout
+            connection.protocol.start_timeout()
 
     async def __aiter__(self) -> AsyncIterator[list[Json]]:
         if self._first is not None:
@@ -196,71 +246,16 @@ class _Stream:
             batch = await anext(self._events)
         except TimeoutError:
             raise UpstreamTimeout(f"Provider {self._name} stalled in mid-stream.") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnreachable(
-                f"Provider {self._name} broke off its stream: {exc}"
-            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise logged(self._name, UpstreamInterrupted(self._broke_off), exc) from None
+        except UpstreamError as exc:  # the SSE parser's: an event that is not JSON
+            raise logged(self._name, malformed(self._name), exc) from None
         for chunk in batch:
             error = chunk.get("error")
             if error is not None:
-                raise _stream_error(self._name, error)
+                raise stream_error(self._name, error)
         return batch
 
     async def aclose(self) -> None:
         self._response.close()
         await self._events.aclose()
-
-
-def _fields(error: Any) -> tuple[str | None, str | None, str | None, str | None]:
-    if isinstance(error, str):
-        return error, None, None, None
-    if not isinstance(error, dict):
-        return None, None, None, None
-
-    def text(key: str) -> str | None:
-        value = error.get(key)
-        return None if value is None else str(value)
-
-    return text("message"), text("type"), text("param"), text("code")
-
-
-def _stream_error(name: str, error: Any) -> UpstreamError:
-    message, _type, param, code = _fields(error)
-    return UpstreamStatus(
-        502,
-        f"Provider {name} failed in mid-stream: {message or 'unknown error'}",
-        type="upstream_error",
-        param=param,
-        code=code,
-        retryable=False,
-    )
-
-
-def status_error(name: str, status: int, raw: bytes, headers: Mapping[str, str]) -> UpstreamStatus:
-    """An upstream error answer, kept as the provider said it (a 5xx becomes our 502)."""
-    try:
-        body: Any = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        body = None
-    message = type_ = param = code = None
-    if isinstance(body, dict):
-        message, type_, param, code = _fields(body.get("error", body.get("detail")))
-        if message is None and isinstance(body.get("message"), str):
-            message = body["message"]
-    if message is None:
-        message = raw[:200].decode("utf-8", "replace").strip() or "no message"
-    retry_after = headers.get("Retry-After")
-    kept = ((b"retry-after", retry_after.encode("latin-1")),) if retry_after else ()
-    retryable = status in (408, 429) or status >= 500
-    if status >= 500:
-        return UpstreamStatus(
-            502,
-            f"Provider {name} failed with status {status}: {message}",
-            type="upstream_error",
-            param=None,
-            code="upstream_error",
-            retryable=True,
-        )
-    return UpstreamStatus(
-        status, message, type=type_, param=param, code=code, headers=kept, retryable=retryable
-    )

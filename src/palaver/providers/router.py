@@ -41,16 +41,28 @@ class ProviderRouter:
         self._turn: dict[str, int] = {}
         self._cool_until: dict[str, float] = {}
         self._models: list[tuple[str, str]] | None = None
+        self._listed: dict[str, str] = {}
         self._models_at = 0.0
 
     @property
     def providers(self) -> list[Provider]:
         return self._providers
 
-    def owner(self, model: str) -> str | None:
-        """The name of a provider that serves ``model`` (None: none does)."""
-        pool = self._exact.get(model) or self._wildcard
-        return pool[0].name if pool else None
+    async def listed_owner(self, model: str) -> str | None:
+        """The provider ``/v1/models`` lists ``model`` under (None: it is not listed), so that
+        retrieving a model agrees with the list. A wildcard provider that answers any name
+        (echo) owns every name, listed or not."""
+        exact = self._exact.get(model)
+        if exact:
+            return exact[0].name
+        await self.list_models()
+        owner = self._listed.get(model)
+        if owner is not None:
+            return owner
+        for provider in self._wildcard:
+            if provider.serves_any_model:
+                return provider.name
+        return None
 
     def candidates(self, model: str) -> tuple[list[Provider], bool]:
         """The providers to try for ``model``, in this request's order, and if by wildcard."""
@@ -121,5 +133,6 @@ class ProviderRouter:
             for model in names:
                 seen.setdefault(model, provider.name)
         self._models = sorted(seen.items())
+        self._listed = seen
         self._models_at = time.monotonic()
         return self._models

@@ -8,9 +8,11 @@ and a result back into HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from palaver.cache import CacheBackend, CacheUnavailable, Policy, cache_key, policy_of
 from palaver.conversations import Conversations, Turn, reply_message
@@ -22,6 +24,7 @@ from palaver.providers import ProviderRouter
 from palaver.streaming import DONE, encode_event, error_event, replay_chunks
 
 log = logging.getLogger("palaver.service")
+T = TypeVar("T")
 
 Headers = list[tuple[bytes, bytes]]
 Finish = Callable[[Json], Awaitable[bool]]  # stores a turn, given the completion
@@ -139,7 +142,7 @@ class ChatService:
             message = _first_message(completion)
             if message is None:
                 return False
-            return await conversations.commit(turn, reply_message(message))
+            return await settled(conversations.commit(turn, reply_message(message)))
 
         return finish
 
@@ -194,6 +197,33 @@ class ChatService:
             raise
         headers.append(BYPASS if cached is None else MISS if leads else HIT)
         return ChatStream(_follow(flight, call.include_usage, finish), headers)
+
+
+async def settled(write: Awaitable[T]) -> T:
+    """Run a store write to its end even if the request is cancelled meanwhile (its client
+    left, palaver is stopping): a write cut off halfway may still be applied, after its client
+    was told otherwise. If the write succeeds, the cancellation is dropped and the request
+    ends as a success (its ``[DONE]`` is sent); if it fails, the cancellation goes on."""
+    task = asyncio.ensure_future(write)
+    cancels = 0
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancels += 1
+            continue
+        except BaseException:
+            if cancels:  # it failed: the cancellation goes on
+                raise asyncio.CancelledError from None
+            raise
+        if cancels:
+            current = asyncio.current_task()
+            assert current is not None
+            for _ in range(cancels):
+                current.uncancel()
+        return result
 
 
 async def _follow(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from palaver.config import ConfigError, load_settings
+from palaver.config import ConfigError, load_settings, settings_from
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -181,3 +181,9 @@ def test_blank_api_key_is_a_config_error(tmp_path: Path, keys: str) -> None:
         load_settings(write(tmp_path, f"[server]\napi_keys = {keys}\n"), env={})
     assert str(caught.value).startswith("server.api_keys[")
     assert "empty" in str(caught.value)
+
+
+def test_provider_name_with_a_final_newline_is_refused() -> None:
+    provider = {"name": "groq\n", "base_url": "https://api.groq.com/openai/v1"}
+    with pytest.raises(ConfigError, match=r"providers\[0\]\.name"):
+        settings_from({"providers": [provider]})

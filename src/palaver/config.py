@@ -45,7 +45,7 @@ class ServerSettings(Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class ProviderSettings(Struct, forbid_unknown_fields=True, kw_only=True):
-    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}\Z")]  # \Z: no final newline
     base_url: Annotated[str, Meta(pattern=r"^https?://")] = ""
     api_key: str | None = None
     api_key_env: str | None = None

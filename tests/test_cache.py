@@ -14,8 +14,8 @@ import orjson
 import pytest
 
 from palaver.cache import MemoryCache, cache_key, policy_of
+from palaver.cache.flights import Flights
 from palaver.errors import PalaverError
-from palaver.flights import Flights
 from palaver.providers import ProviderRouter
 from palaver.providers.echo import EchoProvider
 from palaver.streaming import CompletionAccumulator, replay_chunks

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from palaver.history import merge, message_key
+from palaver.conversations.history import merge, message_key
 
 Message = dict[str, Any]
 S: Message = {"role": "system", "content": "be brief"}

@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from palaver.priority import arrange, keep, newest_user_index, trim
+from palaver.conversations.priority import arrange, keep, newest_user_index, trim
 
 Message = dict[str, Any]
 

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from palaver.cache import CacheUnavailable
-from palaver.redis_cache import RedisCache
+from palaver.cache.redis import RedisCache
 from palaver.redis_link import RedisLink
 from tests.conftest import provider_entry, redis_url_or_skip, run_palaver
 from tests.servers import free_port

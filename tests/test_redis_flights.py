@@ -21,9 +21,9 @@ import httpx2 as httpx
 import openai
 import pytest
 
-from palaver import redis_flights
-from palaver.redis_cache import RedisCache
-from palaver.redis_flights import FlightBoard, Lease
+from palaver.cache import redis_flights
+from palaver.cache.redis import RedisCache
+from palaver.cache.redis_flights import FlightBoard, Lease
 from palaver.redis_link import RedisLink
 from tests.conftest import provider_entry, redis_url_or_skip, run_palaver
 from tests.servers import free_port
@@ -202,7 +202,7 @@ async def test_the_call_is_cancelled_when_no_client_anywhere_listens(
 # --- a leader that dies ---------------------------------------------------------------------
 
 _RUN = (
-    "import sys; from palaver import redis_flights; "
+    "import sys; from palaver.cache import redis_flights; "
     "redis_flights.LOCK_SECONDS = float(sys.argv[1]); "
     "from palaver.cli import main; sys.exit(main(sys.argv[2:]))"
 )

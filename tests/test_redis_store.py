@@ -12,8 +12,8 @@ import redis as sync_redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from palaver.conversations.priority import keep
 from palaver.errors import ServiceUnavailable
-from palaver.priority import keep
 from palaver.redis_link import RedisBusy, RedisDown, RedisLink
 from palaver.stores import Limits, RedisStore, new_turn_id
 from palaver.stores import redis as redis_store
@@ -37,7 +37,7 @@ async def link(redis_prefix: str) -> AsyncIterator[RedisLink]:
     await made.close()
 
 
-# --- trimming in Lua is palaver.priority.keep -------------------------------------------------
+# --- trimming in Lua is palaver.conversations.priority.keep ---------------------------------
 
 _IDS = st.sampled_from(["c1", "c2", "c3"])
 _MESSAGES = st.one_of(

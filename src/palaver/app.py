@@ -23,12 +23,12 @@ from palaver.asgi import (
     without_body,
 )
 from palaver.cache import CacheBackend, MemoryCache
+from palaver.cache.redis import RedisCache
 from palaver.config import Settings, load_settings
-from palaver.conversation_routes import ConversationHandlers
 from palaver.conversations import Conversations
+from palaver.conversations.routes import ConversationHandlers
 from palaver.errors import MethodNotAllowed, NotFound, PalaverError, Unauthorized
 from palaver.providers import build_router, new_session
-from palaver.redis_cache import RedisCache
 from palaver.redis_link import RedisLink
 from palaver.routes import Handlers
 from palaver.server import Drain

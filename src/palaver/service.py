@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from palaver.cache import CacheBackend, CacheUnavailable, Policy, cache_key, policy_of
+from palaver.cache.flights import Flight, Flights
 from palaver.conversations import Conversations, Turn, reply_message
+from palaver.conversations.priority import arrange
 from palaver.errors import PalaverError
-from palaver.flights import Flight, Flights
-from palaver.priority import arrange
 from palaver.protocol import ChatRequest, Json, completion_id, now
 from palaver.providers import ProviderRouter
 from palaver.streaming import DONE, encode_event, error_event, replay_chunks

@@ -6,7 +6,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from palaver.priority import keep
+from palaver.conversations.priority import keep
 from palaver.protocol import Message
 from palaver.stores.base import (
     TOMBSTONE_SECONDS,

@@ -9,7 +9,8 @@ prefix; the other keys a script may touch (conversations it evicts) are built fr
 ``shape`` strings (one per message, in a list beside the messages) carry what instruction
 priority needs to trim without reading the messages: ``["s"]`` system or developer,
 ``["u"]`` user, ``["a", call ids...]`` assistant, ``["t", call id]`` tool, ``["o"]`` other.
-``DROP`` is ``palaver.priority.keep`` in Lua; a property test holds the two to the same answers.
+``DROP`` is ``palaver.conversations.priority.keep`` in Lua; a property test holds the two
+to the same answers.
 """
 
 from __future__ import annotations
@@ -216,7 +217,7 @@ return evict(tonumber(ARGV[2]), tonumber(ARGV[3]), now)
 """
 )
 
-# For the property test that holds ``drop`` to ``palaver.priority.keep``.
+# For the property test that holds ``drop`` to ``palaver.conversations.priority.keep``.
 # ARGV: prefix, limit, shapes... -> the 1-based indices dropped, in drop order
 DROP = (
     PRELUDE

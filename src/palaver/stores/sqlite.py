@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from palaver.priority import keep
+from palaver.conversations.priority import keep
 from palaver.protocol import Message
 from palaver.stores.base import (
     TOMBSTONE_SECONDS,

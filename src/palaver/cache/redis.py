@@ -13,9 +13,9 @@ from typing import Any
 
 import orjson
 
-from palaver.cache import CacheUnavailable
+from palaver.cache.base import CacheUnavailable
+from palaver.cache.redis_flights import FlightBoard, Lease
 from palaver.protocol import Json
-from palaver.redis_flights import FlightBoard, Lease
 from palaver.redis_link import RedisDown, RedisLink
 
 

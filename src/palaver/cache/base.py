@@ -17,7 +17,7 @@ import orjson
 from palaver.protocol import Json
 
 if TYPE_CHECKING:
-    from palaver.redis_flights import FlightBoard
+    from palaver.cache.redis_flights import FlightBoard
 
 KEY_VERSION = b"palaver-cache-v1"
 # Parameters that do not change what the model says. (Extension fields never reach the payload.)

@@ -17,7 +17,7 @@ from typing import Any
 
 from palaver.errors import InvalidRequest
 from palaver.protocol import Json, Message, text_of, validate_messages
-from palaver.stores import ConversationInfo, StoredMessage
+from palaver.stores.base import ConversationInfo, StoredMessage
 
 _INPUT_ROLES = frozenset({"user", "system", "developer"})
 

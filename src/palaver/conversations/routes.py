@@ -19,11 +19,11 @@ from urllib.parse import parse_qs
 import orjson
 
 from palaver.asgi import Receive, Scope, Send, read_body, send_json
-from palaver.conversations import ID_PATTERN, Conversations, not_found
+from palaver.conversations.items import conversation_object, custom_call_ids, from_items, to_items
+from palaver.conversations.stage import ID_PATTERN, Conversations, not_found
 from palaver.errors import InvalidRequest, NotFound
-from palaver.items import conversation_object, custom_call_ids, from_items, to_items
 from palaver.protocol import Json, parse_json_object
-from palaver.stores import ConversationInfo, StoredMessage
+from palaver.stores.base import ConversationInfo, StoredMessage
 
 Handler = Callable[[Scope, Receive, Send, str], Awaitable[None]]
 

@@ -8,10 +8,10 @@ import re
 from dataclasses import dataclass, field
 
 from palaver.config import ConversationSettings
+from palaver.conversations.history import merge
 from palaver.errors import InvalidRequest, NotFound, ServiceUnavailable
-from palaver.history import merge
 from palaver.protocol import Json, Message
-from palaver.stores import (
+from palaver.stores.base import (
     AlreadyExists,
     ConversationInfo,
     ConversationStore,

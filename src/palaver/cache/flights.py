@@ -17,11 +17,11 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from palaver.cache import CacheBackend, CacheUnavailable
+from palaver.cache.base import CacheBackend, CacheUnavailable
+from palaver.cache.redis_flights import LeaderGone, Lease, end_of, failure_of
 from palaver.errors import PalaverError, UpstreamUnreachable
 from palaver.protocol import Json
 from palaver.providers import ProviderRouter
-from palaver.redis_flights import LeaderGone, Lease, end_of, failure_of
 from palaver.streaming import (
     ChunkNormalizer,
     CompletionAccumulator,

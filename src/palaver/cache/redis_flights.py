@@ -31,9 +31,9 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
+from palaver.cache.redis_channels import Channels
 from palaver.errors import PalaverError
 from palaver.protocol import Json
-from palaver.redis_channels import Channels
 from palaver.redis_link import RedisDown, RedisLink
 
 log = logging.getLogger("palaver.cache")

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from palaver.priority import arrange, is_instruction, newest_user_index, trim
+from palaver.conversations.priority import arrange, is_instruction, newest_user_index, trim
 from palaver.protocol import Message
 
 

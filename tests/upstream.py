@@ -3,7 +3,8 @@
 It answers ``POST /v1/chat/completions`` (streaming or not, ``n`` choices, tool calls when
 tools are given, the usage chunk when asked) with ``[name] <last user text>``, records every
 request, and can be told to misbehave: any status, 429 with Retry-After, hang, a slow first
-byte, slow chunks, a connection cut mid-stream, a body that is not JSON.
+byte, slow chunks, a connection cut mid-stream, a body that is not JSON. For client tool loops
+it can answer in words once a tool result came back, and spell its tool-call arguments as told.
 
     python -m tests.upstream --port 9000     # run it alone (the benchmark does)
 """
@@ -60,6 +61,11 @@ class Upstream:
     disconnects: list[float] = field(default_factory=list)
     behaviour: Behaviour = field(default_factory=Behaviour)
     record: bool = True
+    # Answer in words once a tool result is the last message, as real models do; client tool
+    # loops (tests/clients) would otherwise call the tool until their step limit.
+    answers_tool_results: bool = False
+    # How the tool-call arguments are spelt (models differ: spaces, key order, escapes).
+    tool_arguments: str = '{"city": "Paris"}'
 
     # -- control ---------------------------------------------------------------------------
 
@@ -170,11 +176,14 @@ class Upstream:
         tools = payload.get("tools") or []
         if payload.get("tool_choice") == "none":
             return []
+        messages = payload.get("messages") or [{}]
+        if self.answers_tool_results and messages[-1].get("role") == "tool":
+            return []
         return [
             {
                 "id": f"call_{index}",
                 "type": "function",
-                "function": {"name": tool["function"]["name"], "arguments": '{"city": "Paris"}'},
+                "function": {"name": tool["function"]["name"], "arguments": self.tool_arguments},
             }
             for index, tool in enumerate(tools[:2])
             if tool.get("type") == "function"
@@ -227,7 +236,7 @@ class Upstream:
                     head = {"index": t, "id": call["id"], "type": "function"}
                     head["function"] = {"name": call["function"]["name"], "arguments": ""}
                     yield chunk(i, {"tool_calls": [head]})
-                    for piece in ('{"city"', ': "Par', 'is"}'):
+                    for piece in _pieces(call["function"]["arguments"], 3):
                         yield chunk(
                             i, {"tool_calls": [{"index": t, "function": {"arguments": piece}}]}
                         )
@@ -256,6 +265,12 @@ class Upstream:
             data = b"data: not json\n\n" if behaviour.not_json else _event(chunk)
             await send({"type": "http.response.body", "body": data, "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+
+def _pieces(text: str, count: int) -> list[str]:
+    """``text`` cut into ``count`` pieces, as a model streams its tool-call arguments."""
+    size = max(1, -(-len(text) // count))
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
 
 
 def _event(obj: Json) -> bytes:

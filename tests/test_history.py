@@ -113,18 +113,42 @@ def test_tool_call_arguments_compare_by_meaning() -> None:
     merged = merge(stored, [*resent, U2], 50)
     assert merged.new == [U2]
     assert merged.sent == [*resent, U2]
-    assert message_key(stored[1]) == message_key(resent[1])
-    assert message_key(stored[1]) != message_key(_tool_turn('{"city": "Rome"}', None)[1])
 
 
-def test_custom_tool_calls_compare_by_name_and_input() -> None:
-    def turn(name: str, text: str) -> Message:
-        call = {"id": "c1", "type": "custom", "custom": {"name": name, "input": text}}
+def _call(arguments: str, call_id: str | None = None, name: str = "weather") -> Message:
+    call: Message = {"type": "function", "function": {"name": name, "arguments": arguments}}
+    if call_id is not None:
+        call["id"] = call_id
+    return {"role": "assistant", "content": None, "tool_calls": [call]}
+
+
+def test_a_tool_call_is_known_by_its_id_and_tool() -> None:
+    """The Vercel AI SDK sends back the arguments as its schema parsed them (defaults filled
+    in, unknown keys dropped); blank arguments come back as {}."""
+    spaced = _call('{"city": "Paris", "extra": 1}', "call_1")
+    assert message_key(spaced) == message_key(_call('{"city":"Paris","unit":"C"}', "call_1"))
+    assert message_key(_call("", "call_2")) == message_key(_call("{}", "call_2"))
+    assert message_key(spaced) != message_key(_call('{"city": "Paris"}', "call_2"))
+    assert message_key(spaced) != message_key(_call('{"city": "Paris"}', "call_1", "clock"))
+
+
+def test_without_an_id_a_tool_call_is_known_by_its_arguments_meaning() -> None:
+    assert message_key(_call('{"city": "Paris", "days": 1.0}')) == message_key(
+        _call('{"days":1,"city":"Paris"}')
+    )
+    assert message_key(_call("")) == message_key(_call(" {} "))
+    assert message_key(_call('{"city": "Paris"}')) != message_key(_call('{"city": "Rome"}'))
+
+
+def test_custom_tool_calls_compare_by_id_and_tool_or_input() -> None:
+    def turn(name: str, text: str, call_id: str | None = "c1") -> Message:
+        call = {"id": call_id, "type": "custom", "custom": {"name": name, "input": text}}
         return {"role": "assistant", "content": None, "tool_calls": [call]}
 
-    assert message_key(turn("shell", "ls")) == message_key(turn("shell", "ls"))
-    assert message_key(turn("shell", "ls")) != message_key(turn("shell", "rm"))
+    assert message_key(turn("shell", "ls")) == message_key(turn("shell", "ls -1"))
     assert message_key(turn("shell", "ls")) != message_key(turn("python", "ls"))
+    assert message_key(turn("shell", "ls", None)) != message_key(turn("shell", "rm", None))
+    assert message_key(turn("shell", "ls", None)) == message_key(turn("shell", "ls", None))
 
 
 def test_text_parts_and_a_string_are_the_same_content() -> None:

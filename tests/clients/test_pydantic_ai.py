@@ -107,11 +107,6 @@ async def test_tool_loop_sends_and_stores_each_message_once(
     assert gateway.items("pai-tools") == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='palaver stores the model\'s empty arguments ("") and compares them with the '
-    '"{}" pydantic-ai writes back: not the same, so the transcript is stored and sent twice',
-)
 @pytest.mark.parametrize("gateway", ["empty"], indirect=True)
 async def test_tool_without_parameters_called_with_empty_arguments(gateway: Gateway) -> None:
     questions = ("What time is it?", "And now?")

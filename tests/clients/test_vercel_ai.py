@@ -140,11 +140,6 @@ def test_tool_loop_sends_and_stores_each_message_once(
     assert run.gateway.items(f"vercel-{scenario}") == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='palaver stores the model\'s empty arguments ("") and compares them with the '
-    '"{}" the SDK writes back: not the same, so the transcript is stored and sent twice',
-)
 def test_tool_without_parameters_called_with_empty_arguments(
     vercel: Callable[[str], Run],
 ) -> None:
@@ -156,12 +151,6 @@ def test_tool_without_parameters_called_with_empty_arguments(
     assert run.gateway.items("vercel-empty-arguments") == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='the SDK sends back the schema-validated input ({"city":"Paris","unit":"C"}, '
-    'the default filled in), not the model\'s arguments ({"city": "Paris"}): they differ '
-    "in meaning, so palaver finds no seam and stores and sends the transcript twice",
-)
 def test_tool_loop_with_a_schema_default(vercel: Callable[[str], Run]) -> None:
     run = vercel("spaced")
     line = result(run, "schema-default")

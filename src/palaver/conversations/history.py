@@ -34,9 +34,12 @@ def _canonical(value: Any) -> Any:
 
 def _json_key(text: Any) -> Any:
     """Tool-call arguments (a JSON document in a string) compared by meaning: clients parse
-    and re-serialise them (``{"city": "Paris"}`` comes back as ``{"city":"Paris"}``)."""
+    and re-serialise them (``{"city": "Paris"}`` comes back as ``{"city":"Paris"}``, blank
+    arguments as ``{}``)."""
     if not isinstance(text, str):
         return text
+    if not text.strip():
+        return "{}"
     try:
         parsed = orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -57,18 +60,23 @@ def _content_key(content: Any) -> str:
 
 
 def _call_key(call: Any) -> tuple[Any, ...]:
+    """A tool call is known by its id and tool: clients send back its arguments re-serialised,
+    blank ones as ``{}``, or even re-validated against the tool's schema (the Vercel AI SDK
+    fills in defaults and drops unknown keys). Without an id, by its arguments' meaning."""
     if not isinstance(call, dict):
         return (call,)
+    call_id = call.get("id")
     if call.get("type") == "custom":
         custom = call.get("custom") or {}
-        return (call.get("id"), "custom", custom.get("name"), custom.get("input"))
+        return (call_id, "custom", custom.get("name"), None if call_id else custom.get("input"))
     function = call.get("function") or {}
-    return (call.get("id"), "function", function.get("name"), _json_key(function.get("arguments")))
+    arguments = None if call_id else _json_key(function.get("arguments"))
+    return (call_id, "function", function.get("name"), arguments)
 
 
 def message_key(message: Message) -> tuple[Any, ...]:
     """What makes two messages the same turn, compared by meaning: whatever optional fields a
-    client adds, a string content and text parts alike, tool-call arguments as parsed JSON."""
+    client adds, a string content and text parts alike, tool calls by id (see ``_call_key``)."""
     return (
         message.get("role"),
         _content_key(message.get("content")),

@@ -176,7 +176,8 @@ class StreamOptions(Struct):
 
 
 # msgspec searches a pattern; \Z, unlike $, does not match before a final newline.
-ConversationId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,128}\Z")]
+ID_REGEX = r"^[A-Za-z0-9_-]{1,128}\Z"
+ConversationId = Annotated[str, Meta(pattern=ID_REGEX)]
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 
 
@@ -213,6 +214,9 @@ EXTENSION_FIELDS = ("conversation",)
 
 _AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"missing required field `(?P<field>[^`]+)`")
+# Patterns said in words: a client should not have to read a regular expression.
+_REGEX = re.compile(r"Expected `str` matching regex '(?P<regex>.*)'$")
+_PATTERN_WORDS = {repr(ID_REGEX)[1:-1]: "Expected an id of 1 to 128 letters, digits, '_' or '-'"}
 
 
 def describe_validation_error(error: msgspec.ValidationError) -> tuple[str, str | None]:
@@ -226,6 +230,9 @@ def describe_validation_error(error: msgspec.ValidationError) -> tuple[str, str 
     if missing:
         field = missing.group("field")
         path = f"{path}.{field}" if path else field
+    regex = _REGEX.match(text)
+    if regex is not None:
+        text = _PATTERN_WORDS.get(regex.group("regex"), "Expected a string of another form")
     return text.replace("`", "'"), path or None
 
 

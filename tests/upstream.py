@@ -164,13 +164,24 @@ class Upstream:
     # -- answers ---------------------------------------------------------------------------
 
     def reply_text(self, payload: Json) -> str:
+        """The answer; cut to ``max_completion_tokens`` (or ``max_tokens``) words if set."""
+        text = f"[{self.name}]"
         for message in reversed(payload.get("messages", [])):
             if message.get("role") == "user":
                 content = message.get("content")
                 if isinstance(content, list):
                     content = " ".join(p.get("text", "") for p in content)
-                return f"[{self.name}] {content}"
-        return f"[{self.name}]"
+                text = f"[{self.name}] {content}"
+                break
+        limit = _limit(payload)
+        return text if limit is None else "".join(_WORDS.findall(text)[:limit])
+
+    def finish_reason(self, payload: Json, calls: list[Json]) -> str:
+        if calls:
+            return "tool_calls"
+        limit = _limit(payload)
+        text = self.reply_text({**payload, "max_completion_tokens": None, "max_tokens": None})
+        return "length" if limit is not None and len(_WORDS.findall(text)) > limit else "stop"
 
     def _tool_calls(self, payload: Json) -> list[Json]:
         tools = payload.get("tools") or []
@@ -206,7 +217,7 @@ class Upstream:
                     "index": i,
                     "message": message,
                     "logprobs": None,
-                    "finish_reason": "tool_calls" if calls else "stop",
+                    "finish_reason": self.finish_reason(payload, calls),
                 }
                 for i in range(n)
             ],
@@ -245,7 +256,7 @@ class Upstream:
                 for i in range(n):
                     yield chunk(i, {"content": word})
         for i in range(n):
-            yield chunk(i, {}, "tool_calls" if calls else "stop")
+            yield chunk(i, {}, self.finish_reason(payload, calls))
         if (payload.get("stream_options") or {}).get("include_usage"):
             usage = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
             yield {**base, "choices": [], "usage": usage}
@@ -265,6 +276,11 @@ class Upstream:
             data = b"data: not json\n\n" if behaviour.not_json else _event(chunk)
             await send({"type": "http.response.body", "body": data, "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+
+def _limit(payload: Json) -> int | None:
+    limit = payload.get("max_completion_tokens") or payload.get("max_tokens")
+    return limit if isinstance(limit, int) else None
 
 
 def _pieces(text: str, count: int) -> list[str]:

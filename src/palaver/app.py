@@ -30,6 +30,10 @@ from palaver.conversations.routes import ConversationHandlers
 from palaver.errors import MethodNotAllowed, NotFound, PalaverError, Unauthorized
 from palaver.providers import build_router, new_session
 from palaver.redis_link import RedisLink
+from palaver.responses import Responses, ResponseStore
+from palaver.responses.backends import RedisResponses, SqliteResponses
+from palaver.responses.routes import ResponseHandlers
+from palaver.responses.store import MemoryResponses
 from palaver.routes import Handlers
 from palaver.server import Drain
 from palaver.service import ChatService
@@ -42,6 +46,7 @@ Handler = Callable[[Scope, Receive, Send, str], Awaitable[None]]
 PUBLIC_PATHS = frozenset({"/health"})
 # Routes with parameters, by their leading path segments.
 CONVERSATION_PREFIXES = (("v1", "conversations"), ("conversations",))
+RESPONSE_PREFIXES = (("v1", "responses"), ("responses",))
 MODEL_PREFIXES = (("v1", "models"), ("models",))
 
 
@@ -54,10 +59,12 @@ def tenant_of(key: str) -> str:
 class _Runtime:
     session: aiohttp.ClientSession
     store: ConversationStore
+    responses: ResponseStore
     link: RedisLink | None
     service: ChatService
     routes: dict[str, dict[str, Handler]]
     conversation_routes: ConversationHandlers
+    response_routes: ResponseHandlers
     model_route: dict[str, Handler]
     sweeper: asyncio.Task[None] | None
 
@@ -97,6 +104,7 @@ class Palaver:
             else None
         )
         store = await open_store(settings.conversations, link)
+        response_store = await _response_store(settings, link)
         session = new_session()
         router = build_router(settings.providers, session)
         conversations = Conversations(store, settings.conversations)
@@ -105,11 +113,16 @@ class Palaver:
         service = ChatService(router, conversations, cache)
         handlers = Handlers(service, router, max_body, self.drain)
         conversation_routes = ConversationHandlers(conversations, max_body)
+        responses = Responses(response_store, conversations, settings.conversations.max_messages)
+        response_routes = ResponseHandlers(service, responses, max_body, self.drain)
         chat: dict[str, Handler] = {"POST": handlers.chat}
+        create: dict[str, Handler] = {"POST": response_routes.create}
         models: dict[str, Handler] = {"GET": handlers.models}
         routes: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": chat,
             "/chat/completions": chat,
+            "/v1/responses": create,
+            "/responses": create,
             "/v1/models": models,
             "/models": models,
             "/health": {"GET": handlers.health},
@@ -121,10 +134,12 @@ class Palaver:
         self._runtime = _Runtime(
             session,
             store,
+            response_store,
             link,
             service,
             routes,
             conversation_routes,
+            response_routes,
             {"GET": handlers.model},
             sweeper,
         )
@@ -162,6 +177,7 @@ class Palaver:
             await runtime.service.close()
             await runtime.session.close()
             await runtime.store.close()
+            await runtime.responses.close()
             if runtime.link is not None:
                 await runtime.link.close()
 
@@ -261,6 +277,9 @@ def _resolve(runtime: _Runtime, path: str) -> tuple[str, Mapping[str, Handler] |
     for prefix in CONVERSATION_PREFIXES:
         if tuple(segments[: len(prefix)]) == prefix:
             return path, runtime.conversation_routes.routes(segments[len(prefix) :])
+    for prefix in RESPONSE_PREFIXES:
+        if tuple(segments[: len(prefix)]) == prefix:
+            return path, runtime.response_routes.routes(segments[len(prefix) :])
     for prefix in MODEL_PREFIXES:
         if tuple(segments[: len(prefix)]) == prefix and len(segments) > len(prefix):
             return path, runtime.model_route
@@ -280,6 +299,19 @@ def _cache_backend(settings: Settings, link: RedisLink | None) -> CacheBackend |
         assert link is not None
         return RedisCache(link, cache.ttl_seconds)
     return MemoryCache(cache.ttl_seconds, cache.max_entries, cache.max_bytes)
+
+
+async def _response_store(settings: Settings, link: RedisLink | None) -> ResponseStore:
+    """Stored responses live where the conversations do."""
+    conversations, ttl = settings.conversations, settings.responses.ttl_seconds
+    if conversations.backend == "redis":
+        assert link is not None
+        return RedisResponses(link, ttl)
+    if conversations.backend == "sqlite":
+        sqlite = SqliteResponses(conversations.path, ttl)
+        await sqlite.open()
+        return sqlite
+    return MemoryResponses(ttl, settings.responses.max_entries)
 
 
 def create_app(settings: Settings | None = None) -> Palaver:

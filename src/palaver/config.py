@@ -75,6 +75,12 @@ class ConversationSettings(Struct, forbid_unknown_fields=True, kw_only=True):
     idle_ttl_seconds: Annotated[float, Meta(ge=0)] = 0.0
 
 
+class ResponsesSettings(Struct, forbid_unknown_fields=True, kw_only=True):
+    # Stored responses live in the conversations backend (memory, sqlite or redis).
+    ttl_seconds: Annotated[float, Meta(gt=0)] = 30 * 86_400.0
+    max_entries: Annotated[int, Meta(ge=1)] = 100_000  # memory backend: the oldest go first
+
+
 class RedisSettings(Struct, forbid_unknown_fields=True, kw_only=True):
     url: Annotated[str, Meta(pattern=r"^(redis|rediss|unix)://")] = "redis://127.0.0.1:6379/0"
     key_prefix: str = "palaver:"
@@ -87,6 +93,7 @@ class Settings(Struct, forbid_unknown_fields=True, kw_only=True):
     providers: list[ProviderSettings] = []
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     conversations: ConversationSettings = msgspec.field(default_factory=ConversationSettings)
+    responses: ResponsesSettings = msgspec.field(default_factory=ResponsesSettings)
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
 
 

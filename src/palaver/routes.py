@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import unquote
 
 import orjson
@@ -32,7 +32,7 @@ HEALTH_BODY = orjson.dumps({"status": "ok"})
 LAST_WORDS_SECONDS = 1.0  # a client that does not read cannot hold up a stop for longer
 
 
-def _check_json(scope: Scope) -> None:
+def check_json(scope: Scope) -> None:
     content_type = header(scope, b"content-type")
     if content_type is None:
         return
@@ -41,6 +41,38 @@ def _check_json(scope: Scope) -> None:
         raise UnsupportedMediaType(
             "The request body must be JSON, sent with 'Content-Type: application/json'."
         )
+
+
+def _chat_last_words(error: ShuttingDown) -> bytes:
+    return error_event(error) + DONE
+
+
+async def relay(
+    events: AsyncIterator[bytes],
+    send: Send,
+    drain: Drain,
+    last_words: Callable[[ShuttingDown], bytes] = _chat_last_words,
+) -> None:
+    """Relay a stream's events. When palaver stops, the drain cuts it after the grace
+    period: the upstream request is cancelled (closing the generator does it), nothing is
+    stored, and the client gets ``last_words`` (an error event and ``[DONE]``)."""
+    try:
+        with drain.stream():
+            async for event in events:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+    except ShuttingDown as exc:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        try:
+            async with asyncio.timeout(LAST_WORDS_SECONDS):
+                last = last_words(exc)
+                await send({"type": "http.response.body", "body": last, "more_body": True})
+                await send({"type": "http.response.body", "body": b""})
+        except TimeoutError:
+            log.info("stopping: a client did not read the end of its stream")
+        return
+    await send({"type": "http.response.body", "body": b""})
 
 
 class Handlers:
@@ -53,7 +85,7 @@ class Handlers:
         self._drain = drain
 
     async def chat(self, scope: Scope, receive: Receive, send: Send, tenant: str) -> None:
-        _check_json(scope)
+        check_json(scope)
         body = await read_body(scope, receive, self._max_body)
         request, payload = parse_chat_request(body)
         call = ChatCall(
@@ -78,29 +110,9 @@ class Handlers:
                         "headers": SSE_HEADERS + stream.headers,
                     }
                 )
-                await self._relay(stream.events, send)
+                await relay(stream.events, send, self._drain)
             finally:
                 await stream.events.aclose()
-
-    async def _relay(self, events: AsyncGenerator[bytes, None], send: Send) -> None:
-        """Relay a stream's events. When palaver stops, the drain cuts it after the grace
-        period: the upstream request is cancelled (closing the generator does it), nothing is
-        stored, and the client gets an error event and ``[DONE]``."""
-        try:
-            with self._drain.stream():
-                async for event in events:
-                    await send({"type": "http.response.body", "body": event, "more_body": True})
-        except ShuttingDown as exc:
-            await events.aclose()
-            try:
-                async with asyncio.timeout(LAST_WORDS_SECONDS):
-                    last = error_event(exc) + DONE
-                    await send({"type": "http.response.body", "body": last, "more_body": True})
-                    await send({"type": "http.response.body", "body": b""})
-            except TimeoutError:
-                log.info("stopping: a client did not read the end of its stream")
-            return
-        await send({"type": "http.response.body", "body": b""})
 
     async def models(self, scope: Scope, receive: Receive, send: Send, tenant: str) -> None:
         models = await self._router.list_models()

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from palaver.cache import CacheBackend, CacheUnavailable, Policy, cache_key, policy_of
 from palaver.cache.flights import Flight, Flights
@@ -34,6 +34,13 @@ MISS = (b"x-cache", b"MISS")
 BYPASS = (b"x-cache", b"BYPASS")
 
 
+class CallState(Protocol):
+    """The conversation stage of a call that is not a plain chat request (a Responses
+    request): ``begin`` puts the history into the payload and returns what stores the turn."""
+
+    async def begin(self, payload: Json) -> Finish: ...
+
+
 @dataclass(slots=True)
 class ChatCall:
     """One chat request as it travels the pipeline."""
@@ -43,6 +50,7 @@ class ChatCall:
     tenant: str  # who is asking ("" when palaver runs without API keys)
     conversation_header: bytes | None = None  # X-Conversation-Id, as sent
     cache_control: bytes | None = None  # Cache-Control, as sent
+    state: CallState | None = None  # instead of the chat conversation stage
 
     @property
     def include_usage(self) -> bool:
@@ -93,13 +101,17 @@ class ChatService:
 
     # -- stages ----------------------------------------------------------------------------
 
-    async def _begin(self, call: ChatCall) -> Turn | None:
+    async def _begin(self, call: ChatCall) -> tuple[Turn | None, Finish | None]:
+        """The conversation stage: the history into the payload; the turn, if the request
+        continues a chat conversation, and what stores the answer."""
+        if call.state is not None:
+            return None, _settling(await call.state.begin(call.payload))
         turn = await self._conversations.begin(
             call.tenant, call.request.conversation, call.conversation_header, call.payload
         )
         if turn is None:
             call.payload["messages"] = arrange(call.payload["messages"])
-        return turn
+        return turn, self._finisher(turn)
 
     def _policy(self, call: ChatCall) -> tuple[Policy, str] | None:
         if self._cache is None or not self._cache.available:
@@ -142,14 +154,14 @@ class ChatService:
             message = _first_message(completion)
             if message is None:
                 return False
-            return await settled(conversations.commit(turn, reply_message(message)))
+            return await conversations.commit(turn, reply_message(message))
 
-        return finish
+        return _settling(finish)
 
     # -- non-streaming ---------------------------------------------------------------------
 
     async def complete(self, call: ChatCall) -> ChatReply:
-        turn = await self._begin(call)
+        turn, finish = await self._begin(call)
         cached, body = await self._lookup(call)
         status = HIT
         if cached is None:
@@ -164,8 +176,7 @@ class ChatService:
             body, status = ({**completion}, MISS) if leads else (_fresh(completion), HIT)
         assert body is not None
         headers = [status]
-        finish = self._finisher(turn)
-        if turn is not None and finish is not None and await finish(body):
+        if finish is not None and await finish(body) and turn is not None:
             body["conversation"] = turn.conversation_id
             headers.append((b"x-conversation-id", turn.conversation_id.encode()))
         return ChatReply(body, headers)
@@ -173,8 +184,7 @@ class ChatService:
     # -- streaming -------------------------------------------------------------------------
 
     async def stream(self, call: ChatCall) -> ChatStream:
-        turn = await self._begin(call)
-        finish = self._finisher(turn)
+        turn, finish = await self._begin(call)
         headers: Headers = []
         if turn is not None:
             headers.append((b"x-conversation-id", turn.conversation_id.encode()))
@@ -197,6 +207,15 @@ class ChatService:
             raise
         headers.append(BYPASS if cached is None else MISS if leads else HIT)
         return ChatStream(_follow(flight, call.include_usage, finish), headers)
+
+
+def _settling(finish: Finish) -> Finish:
+    """``finish`` run to its end even if its request is cancelled meanwhile (``settled``)."""
+
+    async def run(completion: Json) -> bool:
+        return await settled(finish(completion))
+
+    return run
 
 
 async def settled(write: Awaitable[T]) -> T:

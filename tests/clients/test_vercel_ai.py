@@ -160,11 +160,8 @@ def test_tool_loop_with_a_schema_default(vercel: Callable[[str], Run]) -> None:
     assert without_arguments(run.gateway.items("vercel-schema-default")) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="openai('model') means the Responses API in this SDK; palaver has no /v1/responses "
-    "yet (CONTRACT §9, wave 2): use openai.chat('model')",
-)
 def test_default_model_uses_the_responses_api(vercel: Callable[[str], Run]) -> None:
+    """openai("model") means the Responses API in this SDK version (CONTRACT §9)."""
     run = vercel("spaced")
-    assert run.results["responses-default"]["ok"], run.results["responses-default"]
+    assert result(run, "responses-default")["text"] == "[up] hi"
+    assert run.gateway.last_sent("responses-default") == ["user: hi"]

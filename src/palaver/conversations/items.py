@@ -40,6 +40,7 @@ def _parts(content: Any, role: str) -> list[Json]:
         part: Json = {"type": text_type, "text": value}
         if text_type == "output_text":
             part["annotations"] = []
+            part["logprobs"] = []
         return part
 
     if content is None:
@@ -150,7 +151,7 @@ def _string(value: Any, param: str, *, empty: bool = True) -> str:
     return value
 
 
-def _part(part: Any, param: str) -> Json:
+def _part(part: Any, param: str, files: bool = True) -> Json:
     """One content part of an item as the chat part it stands for."""
     if not isinstance(part, dict):
         raise InvalidRequest(f"Invalid '{param}': expected an object.", param=param)
@@ -168,6 +169,11 @@ def _part(part: Any, param: str) -> Json:
             image["detail"] = _string(part["detail"], f"{param}.detail")
         return {"type": "image_url", "image_url": image}
     if kind == "input_file":
+        if not files:
+            raise InvalidRequest(
+                "File inputs ('input_file') are not supported: send the text or an image.",
+                param=f"{param}.type",
+            )
         file = {
             key: _string(part[key], f"{param}.{key}")
             for key in ("file_data", "file_id", "filename")
@@ -179,14 +185,14 @@ def _part(part: Any, param: str) -> Json:
     raise InvalidRequest(f"Unsupported content part type {kind!r}.", param=f"{param}.type")
 
 
-def _content_of(content: Any, param: str) -> str | list[Json]:
+def _content_of(content: Any, param: str, files: bool = True) -> str | list[Json]:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
         raise InvalidRequest(
             f"Invalid '{param}': expected a string or a list of parts.", param=param
         )
-    parts = [_part(part, f"{param}[{index}]") for index, part in enumerate(content)]
+    parts = [_part(part, f"{param}[{index}]", files) for index, part in enumerate(content)]
     if all(p["type"] == "text" for p in parts):  # plain text is stored as a string
         return "".join(str(p["text"]) for p in parts)
     return parts
@@ -202,7 +208,7 @@ def _tool_call(item: Json, where: str, custom: bool) -> Json:
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
-def _message_of(item: Json, kind: str, where: str) -> Message:
+def _message_of(item: Json, kind: str, where: str, files: bool) -> Message:
     """The chat message of one item that is not a tool call."""
     if kind == "message":
         role = item.get("role")
@@ -211,12 +217,13 @@ def _message_of(item: Json, kind: str, where: str) -> Message:
                 f"Invalid '{where}.role': expected one of {', '.join(_ROLES)}.",
                 param=f"{where}.role",
             )
-        return {"role": role, "content": _content_of(item.get("content"), f"{where}.content")}
+        content = _content_of(item.get("content"), f"{where}.content", files)
+        return {"role": role, "content": content}
     if kind in ("function_call_output", "custom_tool_call_output"):
         return {
             "role": "tool",
             "tool_call_id": _string(item.get("call_id"), f"{where}.call_id", empty=False),
-            "content": _content_of(item.get("output"), f"{where}.output"),
+            "content": _content_of(item.get("output"), f"{where}.output", files),
         }
     raise InvalidRequest(f"Unsupported item type {kind!r}.", param=f"{where}.type")
 
@@ -264,14 +271,17 @@ class _Locator:
         return f"{self._items}[{origin[0]}]{rest}"
 
 
-def from_items(items: Any, param: str = "items") -> list[Message]:
+def from_items(
+    items: Any, param: str = "items", *, limit: int | None = MAX_ITEMS, files: bool = True
+) -> list[Message]:
     """Chat messages for the items a client posts (message, function_call, ...output), each
-    checked as strictly as the chat request that would carry it."""
+    checked as strictly as the chat request that would carry it. ``limit``: how many items
+    one request may post; ``files``: whether ``input_file`` parts are accepted."""
     if not isinstance(items, list):
         raise InvalidRequest(f"Invalid '{param}': expected a list of items.", param=param)
-    if len(items) > MAX_ITEMS:
+    if limit is not None and len(items) > limit:
         raise InvalidRequest(
-            f"Invalid '{param}': you may add up to {MAX_ITEMS} items at a time.", param=param
+            f"Invalid '{param}': you may add up to {limit} items at a time.", param=param
         )
     messages: list[Message] = []
     origins: list[list[int]] = []  # per message: the item (per tool call: the items) it is from
@@ -294,7 +304,7 @@ def from_items(items: Any, param: str = "items") -> list[Message]:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
                 origins.append([index])
             continue
-        messages.append(_message_of(item, kind, where))
+        messages.append(_message_of(item, kind, where, files))
         origins.append([index])
     validate_messages(messages, _Locator(messages, origins, param))
     return messages

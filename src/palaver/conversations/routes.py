@@ -30,13 +30,13 @@ Handler = Callable[[Scope, Receive, Send, str], Awaitable[None]]
 MAX_METADATA = 16
 
 
-def _query(scope: Scope) -> dict[str, str]:
+def query_of(scope: Scope) -> dict[str, str]:
     # Bytes that are not UTF-8 (raw or %-escaped) become U+FFFD: such a value is simply wrong.
     parsed = parse_qs(scope.get("query_string", b"").decode("utf-8", "replace"))
     return {key: values[-1] for key, values in parsed.items()}
 
 
-def _limit(query: dict[str, str], default: int = 20) -> int:
+def limit_of(query: dict[str, str], default: int = 20) -> int:
     raw = query.get("limit")
     if raw is None:
         return default
@@ -64,7 +64,7 @@ def _metadata(body: Json, *, required: bool = False) -> dict[str, str]:
     return metadata
 
 
-def _page(data: list[Json], has_more: bool) -> Json:
+def page_of(data: list[Json], has_more: bool) -> Json:
     return {
         "object": "list",
         "data": data,
@@ -72,6 +72,23 @@ def _page(data: list[Json], has_more: bool) -> Json:
         "last_id": data[-1]["id"] if data else None,
         "has_more": has_more,
     }
+
+
+def paginate(items: list[Json], query: dict[str, str], default_order: str, where: str) -> Json:
+    """A page of ``items`` (oldest first) as the query asks: ``order``, ``after``, ``limit``."""
+    limit = limit_of(query)
+    order = query.get("order", default_order)
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("'order' must be 'asc' or 'desc'.", param="order")
+    if order == "desc":
+        items = items[::-1]
+    after = query.get("after")
+    if after is not None:
+        ids = [item["id"] for item in items]
+        if after not in ids:
+            raise InvalidRequest(f"No item '{after}' in {where}.", param="after")
+        items = items[ids.index(after) + 1 :]
+    return page_of(items[:limit], len(items) > limit)
 
 
 class ConversationHandlers:
@@ -125,10 +142,10 @@ class ConversationHandlers:
         await send_json(send, 200, orjson.dumps(conversation_object(info)))
 
     async def _list(self, scope: Scope, receive: Receive, send: Send, tenant: str) -> None:
-        query = _query(scope)
-        infos, has_more = await self._store.list(tenant, _limit(query), query.get("after"))
+        query = query_of(scope)
+        infos, has_more = await self._store.list(tenant, limit_of(query), query.get("after"))
         await send_json(
-            send, 200, orjson.dumps(_page([conversation_object(i) for i in infos], has_more))
+            send, 200, orjson.dumps(page_of([conversation_object(i) for i in infos], has_more))
         )
 
     async def _retrieve(
@@ -159,23 +176,12 @@ class ConversationHandlers:
     async def _items(
         self, scope: Scope, receive: Receive, send: Send, tenant: str, conversation_id: str
     ) -> None:
-        query = _query(scope)
-        limit = _limit(query)
-        order = query.get("order", "asc")
-        if order not in ("asc", "desc"):
-            raise InvalidRequest("'order' must be 'asc' or 'desc'.", param="order")
+        query = query_of(scope)
         _, stored = await self._load(conversation_id, tenant)
         custom = custom_call_ids(stored)
         items = [item for message in stored for item in to_items(message, custom)]
-        if order == "desc":
-            items.reverse()
-        after = query.get("after")
-        if after is not None:
-            ids = [item["id"] for item in items]
-            if after not in ids:
-                raise InvalidRequest(f"No item '{after}' in this conversation.", param="after")
-            items = items[ids.index(after) + 1 :]
-        await send_json(send, 200, orjson.dumps(_page(items[:limit], len(items) > limit)))
+        page = paginate(items, query, "asc", "this conversation")
+        await send_json(send, 200, orjson.dumps(page))
 
     async def _add_items(
         self, scope: Scope, receive: Receive, send: Send, tenant: str, conversation_id: str
@@ -193,7 +199,7 @@ class ConversationHandlers:
             if messages
             else []
         )
-        await send_json(send, 200, orjson.dumps(_page(added, False)))
+        await send_json(send, 200, orjson.dumps(page_of(added, False)))
 
     async def _item(
         self,

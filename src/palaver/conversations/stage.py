@@ -100,6 +100,17 @@ class Conversations:
         payload["messages"] = merged.sent
         return Turn(conversation_id, tenant, merged.new, epoch, auto)
 
+    async def resume(
+        self, tenant: str, conversation_id: str, new: list[Message], param: str
+    ) -> tuple[Turn, list[Message]]:
+        """A turn adding ``new`` to an existing conversation (404 if there is none), and the
+        stored history it continues."""
+        snapshot = await self.store.load(conversation_id, tenant)
+        if snapshot.info is None:
+            raise not_found(conversation_id, param)
+        history = [s.message for s in snapshot.messages]
+        return Turn(conversation_id, tenant, new, snapshot.epoch), history
+
     async def commit(self, turn: Turn, reply: Message) -> bool:
         """Store the turn; False if an auto-created conversation could not be (store down)."""
         try:

@@ -1,0 +1,140 @@
+"""The Responses stage of the chat pipeline: what history a response continues, and what is
+stored once its answer is complete.
+
+A Responses request travels the chat pipeline as a ``ChatCall`` whose state is a
+``ResponseTurn``: its ``begin`` puts the messages the model sees into the chat payload (the
+instructions, then the chain's context or the conversation's history, then the input, trimmed
+by instruction priority), and the ``finish`` the pipeline calls with the completion builds the
+response and stores it: the response record first (one write), then the turn of its
+conversation, if any. A response whose conversation write fails is removed again, so a client
+told of an error never finds its response.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from palaver.conversations import Conversations, Turn
+from palaver.conversations.items import to_items
+from palaver.conversations.priority import arrange, trim
+from palaver.errors import InvalidRequest, PalaverError
+from palaver.protocol import Json, Message
+from palaver.responses.events import EventStream
+from palaver.responses.output import finish, new_response_id, reply_messages, skeleton
+from palaver.responses.request import Translation
+from palaver.responses.store import ResponseStore, StoredResponse
+from palaver.stores.base import StoredMessage, new_item_id
+
+log = logging.getLogger("palaver.responses")
+
+
+def previous_not_found(response_id: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"Previous response with id '{response_id}' not found.",
+        param="previous_response_id",
+        code="previous_response_not_found",
+    )
+
+
+class Responses:
+    def __init__(
+        self, store: ResponseStore, conversations: Conversations, max_messages: int
+    ) -> None:
+        self.store = store
+        self._conversations = conversations
+        self._max_messages = max_messages
+
+    def turn(self, tenant: str, translation: Translation) -> ResponseTurn:
+        return ResponseTurn(self, tenant, translation)
+
+    async def _history(
+        self, turn: ResponseTurn, translation: Translation
+    ) -> tuple[list[Message], Turn | None]:
+        request = translation.request
+        previous = request.previous_response_id
+        if previous is not None:
+            record = await self.store.get(previous, turn.tenant)
+            if record is None:
+                raise previous_not_found(previous)
+            return record.context, None
+        conversation = request.conversation_id
+        if conversation is not None:
+            conversation_turn, history = await self._conversations.resume(
+                turn.tenant, conversation, translation.new, "conversation"
+            )
+            return history, conversation_turn
+        return [], None
+
+
+class ResponseTurn:
+    """One Responses request, from its history to its stored response."""
+
+    def __init__(self, responses: Responses, tenant: str, translation: Translation) -> None:
+        self._responses = responses
+        self.tenant = tenant
+        self.translation = translation
+        self.id = new_response_id()
+        self.base = skeleton(self.id, int(time.time()), translation.settings, "in_progress")
+        self.stream: EventStream | None = None  # set for a streamed response
+        self.response: Json | None = None  # the finished response
+        self._history: list[Message] = []
+        self._conversation: Turn | None = None
+
+    @property
+    def store(self) -> bool:
+        return bool(self.translation.settings["store"])
+
+    async def begin(self, payload: Json) -> ResponseTurn:
+        """Put the messages the model sees into ``payload`` (the pipeline's conversation
+        stage); returns itself, whose ``finish`` the pipeline calls with the completion."""
+        translation = self.translation
+        self._history, self._conversation = await self._responses._history(self, translation)
+        history = self._history
+        sent = trim(
+            [*history, *translation.new],
+            self._responses._max_messages,
+            protect_from=len(history),
+        )
+        payload["messages"] = arrange([*translation.instructions, *sent])
+        if not payload["messages"]:
+            raise InvalidRequest("Missing required parameter: 'input'.", param="input")
+        return self
+
+    async def __call__(self, completion: Json) -> bool:
+        """Build the response from ``completion`` and store it (the pipeline's ``finish``)."""
+        stream = self.stream
+        output = stream.output() if stream is not None and stream.output() else None
+        response = finish(self.base, completion, output)
+        reply = reply_messages(response)
+        self.response = response
+        new = self.translation.new
+        stored = self.store
+        if stored:
+            context = trim(
+                [*self._history, *new, *reply],
+                self._responses._max_messages,
+                protect_from=len(self._history),
+            )
+            now = time.time()
+            items = [
+                item
+                for message in new
+                for item in to_items(StoredMessage(new_item_id(), now, message))
+            ]
+            record = StoredResponse(self.id, self.tenant, response, items, context)
+            await self._responses.store.put(record)
+        if self._conversation is not None:
+            try:
+                await self._responses._conversations.commit(self._conversation, reply[0])
+            except PalaverError:
+                if stored:
+                    await self._forget()
+                raise
+        return True
+
+    async def _forget(self) -> None:
+        try:
+            await self._responses.store.delete(self.id, self.tenant)
+        except Exception:
+            log.warning("could not remove response %s after its conversation failed", self.id)

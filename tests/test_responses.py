@@ -11,6 +11,7 @@ import openai
 import orjson
 import pytest
 from openai.types.responses import FunctionToolParam, ResponseFormatTextJSONSchemaConfigParam
+from openai.types.responses.response_input_item_param import ItemReference
 
 from tests.conftest import provider_entry, run_palaver, run_upstream
 from tests.openai_spec import check, check_event
@@ -360,6 +361,9 @@ def test_previous_response_of_another_key_is_not_found(upstream: Upstream) -> No
             bob.responses.create(model="m", input="peek", previous_response_id=mine.id)
         assert caught.value.code == "previous_response_not_found"
         assert caught.value.body["param"] == "previous_response_id"  # type: ignore[index]
+        with pytest.raises(openai.BadRequestError) as caught:
+            bob.responses.create(model="m", input=[reference(mine.output[0].id)])
+        assert caught.value.body["param"] == "input[0].id"  # type: ignore[index]
         with pytest.raises(openai.NotFoundError):
             bob.responses.retrieve(mine.id)
         with pytest.raises(openai.NotFoundError):
@@ -421,3 +425,52 @@ def test_unknown_previous_response(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as missing:
         client.responses.input_items.list("resp_nope")
     assert missing.value.code == "response_not_found"
+
+
+def reference(item_id: str | None) -> ItemReference:
+    assert item_id is not None
+    return {"type": "item_reference", "id": item_id}
+
+
+def test_item_references_name_stored_items(client: openai.OpenAI, upstream: Upstream) -> None:
+    """An ``item_reference`` (the Vercel AI SDK sends them for earlier answers) stands for
+    the stored item it names: an output message or call of a response of the same key."""
+    first = client.responses.create(
+        model="m", input="Weather in Paris?", tools=[WEATHER], tool_choice="required"
+    )
+    [call] = first.output
+    assert call.type == "function_call"
+    second = client.responses.create(
+        model="m",
+        input=[
+            {"role": "user", "content": "Weather in Paris?"},
+            reference(call.id),
+            {"type": "function_call_output", "call_id": call.call_id, "output": "Sunny"},
+        ],
+        tools=[WEATHER],
+    )
+    [message] = second.output
+    sent = upstream.chat_requests[-1].body["messages"]
+    assert sent[1]["tool_calls"][0]["id"] == call.call_id
+    assert sent[1]["tool_calls"][0]["function"]["name"] == "get_weather"
+    client.responses.create(
+        model="m",
+        input=[
+            {"role": "user", "content": "one"},
+            reference(message.id),
+            {"role": "user", "content": "two"},
+        ],
+    )
+    sent = upstream.chat_requests[-1].body["messages"]
+    assert sent == [
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": "[up1] Weather in Paris?"},
+        {"role": "user", "content": "two"},
+    ]
+    calls = len(upstream.chat_requests)
+    for bad_id in ("msg_" + "0" * 48, "nonsense", "bad id!"):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.responses.create(model="m", input=[{"type": "item_reference", "id": bad_id}])
+        check("Error", caught.value.body)
+        assert caught.value.body["param"] == "input[0].id"  # type: ignore[index]
+    assert len(upstream.chat_requests) == calls

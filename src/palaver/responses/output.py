@@ -7,6 +7,7 @@ stream announces and those of the stored response are the same items.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from typing import Any
@@ -26,6 +27,17 @@ def message_item_id(response_id: str) -> str:
 
 def call_item_id(response_id: str, index: int, custom: bool = False) -> str:
     return f"{'ctc' if custom else 'fc'}_{response_id.removeprefix('resp_')}_{index}"
+
+
+_ITEM_OWNER = re.compile(r"(?:msg_(?P<message>[0-9a-f]{48})|(?:fc|ctc)_(?P<call>[0-9a-f]{48})_\d+)")
+
+
+def owner_of_item(item_id: str) -> str | None:
+    """The id of the response whose output ``item_id`` is (None for another kind of id)."""
+    found = _ITEM_OWNER.fullmatch(item_id)
+    if found is None:
+        return None
+    return "resp_" + (found.group("message") or found.group("call"))
 
 
 def skeleton(response_id: str, created_at: int, settings: Json, status: str) -> Json:

@@ -28,6 +28,7 @@ from palaver.protocol import (
 ID_PATTERN = ID_REGEX
 _FUNCTION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_ITEM_ID = re.compile(ID_REGEX)
 
 
 class ConversationRef(Struct, forbid_unknown_fields=True):
@@ -96,6 +97,9 @@ class Translation:
     new: list[Message]  # the request's input, as chat messages
     instructions: list[Message]  # for this response only: sent first, never stored
     settings: Json  # what a response object echoes of the request
+    # The input, when it holds ``item_reference`` items: ``new`` is filled in once the
+    # stage has looked them up (they name items of stored responses).
+    referring: list[Any] | None = None
 
 
 _UNSUPPORTED = ("prompt", "context_management", "moderation", "prompt_cache_options")
@@ -240,7 +244,24 @@ def _response_format(text_format: Json) -> Json | None:
     )
 
 
-def _input(request: ResponseRequest) -> list[Message]:
+def _references(items: list[Any]) -> bool:
+    """Whether ``items`` refer to stored items; each reference's id is checked here."""
+    found = False
+    for index, item in enumerate(items):
+        if isinstance(item, dict) and item.get("type") == "item_reference":
+            item_id = item.get("id")
+            if not isinstance(item_id, str) or not _ITEM_ID.fullmatch(item_id):
+                raise _invalid(
+                    f"Invalid 'input[{index}].id': expected the id of an item.",
+                    f"input[{index}].id",
+                )
+            found = True
+    return found
+
+
+def _input(request: ResponseRequest) -> list[Message] | None:
+    """The input as chat messages; None when it refers to stored items (translated once they
+    are looked up, by ``input_messages``)."""
     value = request.input
     if value is None:
         if request.previous_response_id is None and request.conversation is None:
@@ -248,7 +269,14 @@ def _input(request: ResponseRequest) -> list[Message]:
         return []
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
-    return from_items(value, "input", limit=None, files=False)
+    if _references(value):
+        return None
+    return input_messages(value)
+
+
+def input_messages(items: list[Any]) -> list[Message]:
+    """The chat messages of a request's input items (references already resolved)."""
+    return from_items(items, "input", limit=None, files=False)
 
 
 def _instructions(request: ResponseRequest) -> list[Message]:
@@ -370,4 +398,9 @@ def parse_response_request(body: bytes) -> Translation:
         value = getattr(request, name)
         if value is not None:
             settings[name] = value
-    return Translation(request, payload, _input(request), _instructions(request), settings)
+    new = _input(request)
+    instructions = _instructions(request)
+    if new is None:
+        referring = request.input if isinstance(request.input, list) else None
+        return Translation(request, payload, [], instructions, settings, referring=referring)
+    return Translation(request, payload, new, instructions, settings)

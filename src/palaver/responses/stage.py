@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from palaver.conversations import Conversations, Turn
 from palaver.conversations.items import to_items
@@ -21,8 +22,14 @@ from palaver.conversations.priority import arrange, trim
 from palaver.errors import InvalidRequest, PalaverError
 from palaver.protocol import Json, Message
 from palaver.responses.events import EventStream
-from palaver.responses.output import finish, new_response_id, reply_messages, skeleton
-from palaver.responses.request import Translation
+from palaver.responses.output import (
+    finish,
+    new_response_id,
+    owner_of_item,
+    reply_messages,
+    skeleton,
+)
+from palaver.responses.request import Translation, input_messages
 from palaver.responses.store import ResponseStore, StoredResponse
 from palaver.stores.base import StoredMessage, new_item_id
 
@@ -47,6 +54,35 @@ class Responses:
 
     def turn(self, tenant: str, translation: Translation) -> ResponseTurn:
         return ResponseTurn(self, tenant, translation)
+
+    async def _resolve(self, tenant: str, translation: Translation) -> list[Message]:
+        """The request's input with each ``item_reference`` replaced by the stored item it
+        names: an output item of a stored response of this key (its id says which), or an
+        item of the response the request continues."""
+        items = translation.referring or []
+        records: dict[str, StoredResponse | None] = {}
+        resolved: list[Any] = []
+        for index, item in enumerate(items):
+            if not (isinstance(item, dict) and item.get("type") == "item_reference"):
+                resolved.append(item)
+                continue
+            item_id = item["id"]
+            found = None
+            for owner in (owner_of_item(item_id), translation.request.previous_response_id):
+                if owner is None:
+                    continue
+                if owner not in records:
+                    records[owner] = await self.store.get(owner, tenant)
+                record = records[owner]
+                found = record.item(item_id) if record is not None else None
+                if found is not None:
+                    break
+            if found is None:
+                raise InvalidRequest(
+                    f"Item with id '{item_id}' not found.", param=f"input[{index}].id"
+                )
+            resolved.append(found)
+        return input_messages(resolved)
 
     async def _history(
         self, turn: ResponseTurn, translation: Translation
@@ -89,6 +125,8 @@ class ResponseTurn:
         """Put the messages the model sees into ``payload`` (the pipeline's conversation
         stage); returns itself, whose ``finish`` the pipeline calls with the completion."""
         translation = self.translation
+        if translation.referring is not None:
+            translation.new = await self._responses._resolve(self.tenant, translation)
         self._history, self._conversation = await self._responses._history(self, translation)
         history = self._history
         sent = trim(

@@ -29,6 +29,14 @@ class StoredResponse:
     input_items: list[Json]
     context: list[Message]
 
+    def item(self, item_id: str) -> Json | None:
+        """The output or input item of this response with id ``item_id``."""
+        for item in (*self.response.get("output", ()), *self.input_items):
+            if isinstance(item, dict) and item.get("id") == item_id:
+                found: Json = item
+                return found
+        return None
+
     def to_bytes(self) -> bytes:
         return orjson.dumps(
             {"response": self.response, "input_items": self.input_items, "context": self.context}

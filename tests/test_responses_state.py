@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import openai
 import pytest
+from openai.types.responses import EasyInputMessageParam, ResponseInputParam
 
 from tests.conftest import provider_entry, redis_url_or_skip, run_palaver, run_upstream
 from tests.test_cli import palaver_process
@@ -141,6 +142,37 @@ def test_conversation_shared_with_chat_and_items(client: openai.OpenAI, upstream
     ]
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model="m", input="x", conversation="conv_missing")
+
+
+def test_conversation_merges_like_chat(client: openai.OpenAI, upstream: Upstream) -> None:
+    """Responses on a conversation follow chat's merge (CONTRACT §5): a system message sent
+    with every turn, or the whole transcript resent, is sent and stored once."""
+    conversation = client.conversations.create()
+    system: EasyInputMessageParam = {"role": "system", "content": "Be terse."}
+    transcript: ResponseInputParam = [system]
+    for question in ("one", "two"):
+        client.responses.create(
+            model="m",
+            input=[system, {"role": "user", "content": question}],
+            conversation=conversation.id,
+        )
+    for text in ("one", "[up1] one", "two", "[up1] two"):
+        role: Literal["user", "assistant"] = "assistant" if text.startswith("[") else "user"
+        transcript.append({"role": role, "content": text})
+    transcript.append({"role": "user", "content": "three"})
+    client.responses.create(model="m", input=transcript, conversation=conversation.id)
+    expected = [
+        ("system", "Be terse."),
+        ("user", "one"),
+        ("assistant", "[up1] one"),
+        ("user", "two"),
+        ("assistant", "[up1] two"),
+        ("user", "three"),
+    ]
+    assert sent_dialogue(upstream) == expected
+    items = list(client.conversations.items.list(conversation.id, order="asc"))
+    stored = [(i.role, i.content[0].text) for i in items]  # type: ignore[union-attr, index]
+    assert stored == [*expected, ("assistant", "[up1] three")]
 
 
 def test_sqlite_chain_survives_a_restart(upstream: Upstream, tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ arguments (``RUNS``, module-scoped: node starts at most three times), printing a
 scenario; the tests check those lines, what the upstream received and what palaver stored.
 The SDK's tool loop sends the whole transcript back on each step with the arguments
 re-serialised by ``JSON.stringify``: the seam palaver must recognise (CONTRACT §5).
+``provider("model")``, the SDK's default, speaks the Responses API (CONTRACT §9): earlier
+answers go back as ``item_reference`` ids, chains by ``previousResponseId`` or a conversation.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from tests.clients.conftest import (
 
 NODE_DIR = Path(__file__).parent / "node"
 SCRIPT = NODE_DIR / "vercel.mjs"
-TOOL_LOOPS = ["tool-loop", "tool-loop-stream"]
+TOOL_LOOPS = ["tool-loop", "tool-loop-stream"]  # over Chat Completions: provider.chat(...)
+RESPONSES_TOOL_LOOPS = ["responses-tool-loop", "responses-tool-loop-stream"]  # provider(...)
 # the scenarios to run against each spelling of the upstream's tool-call arguments
 RUNS = {
     "spaced": [
@@ -43,8 +46,13 @@ RUNS = {
         *TOOL_LOOPS,
         "schema-default",
         "responses-default",
+        "responses-stream",
+        "responses-transcript",
+        "responses-chain",
+        "responses-conversation",
+        *RESPONSES_TOOL_LOOPS,
     ],
-    "compact": TOOL_LOOPS,
+    "compact": [*TOOL_LOOPS, *RESPONSES_TOOL_LOOPS],
     "empty": ["empty-arguments"],
 }
 
@@ -160,8 +168,63 @@ def test_tool_loop_with_a_schema_default(vercel: Callable[[str], Run]) -> None:
     assert without_arguments(run.gateway.items("vercel-schema-default")) == expected
 
 
+# -- the default provider: openai("model") is the Responses API (CONTRACT §9) ---------------
+
+
 def test_default_model_uses_the_responses_api(vercel: Callable[[str], Run]) -> None:
-    """openai("model") means the Responses API in this SDK version (CONTRACT §9)."""
     run = vercel("spaced")
-    assert result(run, "responses-default")["text"] == "[up] hi"
+    line = result(run, "responses-default")
+    assert (line["text"], line["finishReason"]) == ("[up] hi", "stop")
     assert run.gateway.last_sent("responses-default") == ["user: hi"]
+
+
+def test_responses_stream(vercel: Callable[[str], Run]) -> None:
+    run = vercel("spaced")
+    line = result(run, "responses-stream")
+    assert (line["text"], line["finishReason"]) == ("[up] hello there", "stop")
+    assert line["parts"] > 1
+    [body] = run.gateway.bodies("responses-stream")
+    assert body["stream"] is True
+
+
+DIALOGUE = ["user: one", "assistant: [up] one", "user: two", "assistant: [up] two", "user: three"]
+
+
+def test_responses_transcript_refers_to_stored_answers(vercel: Callable[[str], Run]) -> None:
+    """The whole transcript each turn, earlier answers as item_reference ids palaver
+    resolves from the responses it stored."""
+    run = vercel("spaced")
+    assert result(run, "responses-transcript")["texts"] == ["[up] one", "[up] two", "[up] three"]
+    assert run.gateway.last_sent("responses-transcript") == [f"system: {SYSTEM}", *DIALOGUE]
+
+
+def test_responses_chain_by_previous_response_id(vercel: Callable[[str], Run]) -> None:
+    run = vercel("spaced")
+    line = result(run, "responses-chain")
+    assert line["texts"] == ["[up] one", "[up] two", "[up] three"]
+    assert len(set(line["ids"])) == 3
+    bodies = run.gateway.bodies("responses-chain")
+    assert [len(body["messages"]) for body in bodies] == [1, 3, 5]
+    assert run.gateway.last_sent("responses-chain") == DIALOGUE
+
+
+def test_responses_conversation(vercel: Callable[[str], Run]) -> None:
+    """The system message comes with every turn; the conversation holds it once."""
+    run = vercel("spaced")
+    line = result(run, "responses-conversation")
+    assert line["texts"] == ["[up] one", "[up] two", "[up] three"]
+    expected = [f"system: {SYSTEM}", *DIALOGUE]
+    assert run.gateway.last_sent("responses-conversation") == expected
+    assert run.gateway.items(line["conversation"]) == [*expected, "assistant: [up] three"]
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+@pytest.mark.parametrize("scenario", RESPONSES_TOOL_LOOPS)
+def test_responses_tool_loop(vercel: Callable[[str], Run], scenario: str, spelling: str) -> None:
+    run = vercel(spelling)
+    line = result(run, scenario)
+    assert line["texts"] == ["[up] Weather in Paris?", "[up] And tomorrow?"]
+    assert line["calls"] == ["Paris", "Paris"]
+    assert [len(steps) for steps in line["steps"]] == [2, 2]
+    assert len(run.gateway.bodies(scenario)) == 4
+    assert run.gateway.last_sent(scenario) == tool_turns()[:-1]

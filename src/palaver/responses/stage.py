@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from palaver.conversations import Conversations, Turn
+from palaver.conversations.history import merge
 from palaver.conversations.items import to_items
 from palaver.conversations.priority import arrange, trim
 from palaver.errors import InvalidRequest, PalaverError
@@ -116,6 +117,7 @@ class ResponseTurn:
         self.response: Json | None = None  # the finished response
         self._history: list[Message] = []
         self._conversation: Turn | None = None
+        self.new: list[Message] = translation.new  # what this response adds to the history
 
     @property
     def store(self) -> bool:
@@ -126,14 +128,18 @@ class ResponseTurn:
         stage); returns itself, whose ``finish`` the pipeline calls with the completion."""
         translation = self.translation
         if translation.referring is not None:
-            translation.new = await self._responses._resolve(self.tenant, translation)
+            translation.new = self.new = await self._responses._resolve(self.tenant, translation)
         self._history, self._conversation = await self._responses._history(self, translation)
         history = self._history
-        sent = trim(
-            [*history, *translation.new],
-            self._responses._max_messages,
-            protect_from=len(history),
-        )
+        max_messages = self._responses._max_messages
+        if self._conversation is not None:
+            # A conversation is shared with chat requests: the same merge (CONTRACT §5), so
+            # a resent transcript or system message is neither sent nor stored twice.
+            merged = merge(history, translation.new, max_messages)
+            self._conversation.new = self.new = merged.new
+            sent = merged.sent
+        else:
+            sent = trim([*history, *translation.new], max_messages, protect_from=len(history))
         payload["messages"] = arrange([*translation.instructions, *sent])
         if not payload["messages"]:
             raise InvalidRequest("Missing required parameter: 'input'.", param="input")
@@ -146,7 +152,7 @@ class ResponseTurn:
         response = finish(self.base, completion, output)
         reply = reply_messages(response)
         self.response = response
-        new = self.translation.new
+        new = self.new
         stored = self.store
         if stored:
             context = trim(

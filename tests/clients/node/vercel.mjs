@@ -96,16 +96,90 @@ const scenarios = {
   // openai("model") means the Responses API in this SDK version (palaver: CONTRACT §9)
   async "responses-default"() {
     const result = await generateText({ model: provider("responses-default"), prompt: "hi" });
-    return { text: result.text };
+    return { text: result.text, finishReason: result.finishReason };
+  },
+
+  async "responses-stream"() {
+    const result = streamText({ model: provider("responses-stream"), prompt: "hello there" });
+    const parts = [];
+    for await (const part of result.textStream) parts.push(part);
+    return { text: parts.join(""), parts: parts.length, finishReason: await result.finishReason };
+  },
+
+  // the whole transcript each turn: with store on, the SDK refers to its earlier answers by
+  // id (item_reference) instead of resending them
+  async "responses-transcript"() {
+    const model = provider("responses-transcript");
+    const messages = [];
+    const texts = [];
+    for (const question of ["one", "two", "three"]) {
+      messages.push({ role: "user", content: question });
+      const result = await generateText({ model, system: SYSTEM, messages });
+      messages.push(...result.response.messages);
+      texts.push(result.text);
+    }
+    return { texts };
+  },
+
+  // only the new message each turn, the chain kept by palaver: previousResponseId
+  async "responses-chain"() {
+    const model = provider("responses-chain");
+    const texts = [];
+    const ids = [];
+    let previousResponseId;
+    for (const question of ["one", "two", "three"]) {
+      const providerOptions = { openai: { previousResponseId } };
+      const result = await generateText({ model, prompt: question, providerOptions });
+      previousResponseId = result.providerMetadata.openai.responseId;
+      ids.push(previousResponseId);
+      texts.push(result.text);
+    }
+    return { texts, ids };
+  },
+
+  // a conversation of palaver's Conversations API holds the history: only the new message
+  // each turn (a conversation appends every input it is sent, as at OpenAI)
+  async "responses-conversation"() {
+    const created = await fetch(`${baseURL}/conversations`, {
+      method: "POST",
+      headers: { Authorization: "Bearer sk-client", "Content-Type": "application/json" },
+      body: "{}",
+    });
+    const { id } = await created.json();
+    const model = provider("responses-conversation");
+    const providerOptions = { openai: { conversation: id } };
+    const texts = [];
+    for (const question of ["one", "two", "three"]) {
+      const result = await generateText({ model, system: SYSTEM, prompt: question, providerOptions });
+      texts.push(result.text);
+    }
+    return { texts, conversation: id };
+  },
+
+  async "responses-tool-loop"() {
+    return toolLoop("responses-tool-loop", { tools: weather, model: provider });
+  },
+
+  async "responses-tool-loop-stream"() {
+    return toolLoop("responses-tool-loop-stream", {
+      tools: weather,
+      model: provider,
+      streaming: true,
+    });
   },
 };
 
 async function toolLoop(
   name,
-  { tools, streaming = false, questions = ["Weather in Paris?", "And tomorrow?"] },
+  {
+    tools,
+    streaming = false,
+    questions = ["Weather in Paris?", "And tomorrow?"],
+    model: make = provider.chat,
+  },
 ) {
   const headers = conversation(`vercel-${name}`);
-  const model = provider.chat(name);
+  const model = make(name);
   const calls = [];
   const options = { model, system: SYSTEM, tools: tools(calls), stopWhen: stepCountIs(4), headers };
   const run = async (messages) => {

@@ -1,7 +1,8 @@
 """A real OpenAI-compatible upstream for tests and benchmarks, served over loopback.
 
 It answers ``POST /v1/chat/completions`` (streaming or not, ``n`` choices, tool calls when
-tools are given, the usage chunk when asked) with ``[name] <last user text>``, records every
+tools are given, the usage chunk when asked) with ``[name] <last user text>``, and
+``POST /v1/embeddings`` with small vectors that say what they embed; it records every
 request, and can be told to misbehave: any status, 429 with Retry-After, hang, a slow first
 byte, slow chunks, a connection cut mid-stream, a body that is not JSON. For client tool loops
 it can answer in words once a tool result came back, and spell its tool-call arguments as told.
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import re
+import struct
 import time
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
@@ -82,6 +85,10 @@ class Upstream:
     def chat_requests(self) -> list[Recorded]:
         return [r for r in self.requests if r.path.endswith("/chat/completions")]
 
+    @property
+    def embedding_requests(self) -> list[Recorded]:
+        return [r for r in self.requests if r.path.endswith("/embeddings")]
+
     def _take(self) -> Behaviour:
         behaviour = self.behaviour
         if behaviour.times is not None:
@@ -142,7 +149,9 @@ class Upstream:
         if behaviour.not_json:
             await _raw(send, 200, b"this is not JSON", b"application/json")
             return
-        if payload.get("stream"):
+        if path.endswith("/embeddings"):
+            await _json(send, 200, self.embeddings(payload))
+        elif payload.get("stream"):
             await self._stream(payload, behaviour, receive, send)
         else:
             await _json(send, 200, self.completion(payload))
@@ -162,6 +171,26 @@ class Upstream:
         return True
 
     # -- answers ---------------------------------------------------------------------------
+
+    def embeddings(self, payload: Json) -> Json:
+        """A vector per input: (the input's length, its index, 1, 1, ...), ``dimensions``
+        long (3 by default); the answering upstream is named in ``model``."""
+        value = payload.get("input")
+        inputs = (
+            [value] if isinstance(value, str) or (value and isinstance(value[0], int)) else value
+        )
+        dimensions = payload.get("dimensions") or 3
+        data = []
+        for index, item in enumerate(inputs or ()):
+            vector = [float(len(item)), float(index), *[1.0] * dimensions][:dimensions]
+            encoded: Any = vector
+            if payload.get("encoding_format") == "base64":
+                encoded = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": encoded})
+        tokens = sum(len(item) for item in inputs or ())
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        model = f"{payload.get('model')}@{self.name}"
+        return {"object": "list", "data": data, "model": model, "usage": usage}
 
     def reply_text(self, payload: Json) -> str:
         """The answer; cut to ``max_completion_tokens`` (or ``max_tokens``) words if set."""

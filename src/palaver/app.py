@@ -27,6 +27,7 @@ from palaver.cache.redis import RedisCache
 from palaver.config import Settings, load_settings
 from palaver.conversations import Conversations
 from palaver.conversations.routes import ConversationHandlers
+from palaver.embeddings import EmbeddingHandlers
 from palaver.errors import MethodNotAllowed, NotFound, PalaverError, Unauthorized
 from palaver.providers import build_router, new_session
 from palaver.redis_link import RedisLink
@@ -115,6 +116,7 @@ class Palaver:
         conversation_routes = ConversationHandlers(conversations, max_body)
         responses = Responses(response_store, conversations, settings.conversations.max_messages)
         response_routes = ResponseHandlers(service, responses, max_body, self.drain)
+        embed: dict[str, Handler] = {"POST": EmbeddingHandlers(router, cache, max_body).create}
         chat: dict[str, Handler] = {"POST": handlers.chat}
         create: dict[str, Handler] = {"POST": response_routes.create}
         models: dict[str, Handler] = {"GET": handlers.models}
@@ -123,6 +125,8 @@ class Palaver:
             "/chat/completions": chat,
             "/v1/responses": create,
             "/responses": create,
+            "/v1/embeddings": embed,
+            "/embeddings": embed,
             "/v1/models": models,
             "/models": models,
             "/health": {"GET": handlers.health},

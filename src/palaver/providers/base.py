@@ -1,4 +1,4 @@
-"""What every provider offers: one completion, or a stream of chunks."""
+"""What every provider offers: one completion, a stream of chunks, embeddings."""
 
 from __future__ import annotations
 
@@ -32,6 +32,10 @@ class Provider(Protocol):
 
     async def open_stream(self, payload: Json) -> ChunkStream:
         """Start a stream and wait for its first chunk. Raises an ``UpstreamError`` on failure."""
+        ...
+
+    async def embed(self, payload: Json) -> Json:
+        """One embeddings request (``POST /embeddings``). Raises an ``UpstreamError``."""
         ...
 
     async def list_models(self) -> list[str]:

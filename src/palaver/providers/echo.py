@@ -3,17 +3,59 @@
 It lets palaver run, and be tried, with no provider at all. A word is a token: ``max_tokens``
 (or ``max_completion_tokens``) cuts the answer after that many words, with
 ``finish_reason: "length"``, and the usage counts words. It serves any model name.
+Its embeddings are deterministic unit vectors drawn from a hash of each input (the same text,
+the same vector; ``dimensions`` long, ``ECHO_DIMENSIONS`` by default).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import math
 import re
+import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
 from palaver.protocol import Json, completion_id, now, text_of
 
 _WORDS = re.compile(r"\s*\S+\s*")
+ECHO_DIMENSIONS = 1536  # as text-embedding-3-small's
+
+
+def embedding_of(value: str | list[int], dimensions: int) -> list[float]:
+    """A unit vector that depends on ``value`` only: float32 values, as a model's are."""
+    material = value.encode() if isinstance(value, str) else struct.pack(f"<{len(value)}q", *value)
+    raw = hashlib.shake_256(b"palaver-echo\0" + material).digest(4 * dimensions)
+    numbers = [n / 2**31 - 1.0 for n in struct.unpack(f"<{dimensions}I", raw)]
+    norm = math.sqrt(sum(n * n for n in numbers)) or 1.0
+    unit = struct.pack(f"<{dimensions}f", *(n / norm for n in numbers))
+    return list(struct.unpack(f"<{dimensions}f", unit))
+
+
+def _inputs(value: Any) -> list[str | list[int]]:
+    """A request's ``input`` as a list of texts or token lists (validated before)."""
+    if isinstance(value, str):
+        return [value]
+    if value and all(isinstance(v, int) for v in value):
+        return [list(value)]
+    return list(value)
+
+
+def _embeddings(payload: Json) -> Json:
+    dimensions = payload.get("dimensions") or ECHO_DIMENSIONS
+    as_base64 = payload.get("encoding_format") == "base64"
+    data: list[Json] = []
+    tokens = 0
+    for index, value in enumerate(_inputs(payload.get("input"))):
+        vector = embedding_of(value, dimensions)
+        tokens += len(value.split()) if isinstance(value, str) else len(value)
+        encoded: Any = vector
+        if as_base64:
+            encoded = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": encoded})
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return {"object": "list", "data": data, "model": payload["model"], "usage": usage}
 
 
 def _reply(payload: Json) -> tuple[str, str]:
@@ -78,6 +120,9 @@ class EchoProvider:
 
     async def open_stream(self, payload: Json) -> _EchoStream:
         return _EchoStream(payload)
+
+    async def embed(self, payload: Json) -> Json:
+        return _embeddings(payload)
 
     async def list_models(self) -> list[str]:
         return ["echo"]

@@ -47,7 +47,7 @@ def new_session() -> aiohttp.ClientSession:
 
 
 class OpenAIProvider:
-    """Relays chat completions to ``{base_url}/chat/completions``.
+    """Relays chat completions to ``{base_url}/chat/completions`` (embeddings to ``/embeddings``).
 
     Timeouts: ``connect_timeout`` for the TCP/TLS connection, ``first_byte_timeout`` until the
     answer (or a stream's first chunk) starts, ``chunk_timeout`` between two reads after that.
@@ -63,6 +63,7 @@ class OpenAIProvider:
         base = settings.base_url.rstrip("/")
         self._url = URL(base + "/chat/completions")  # parsed once, not per request
         self._models_url = URL(base + "/models")
+        self._embeddings_url = URL(base + "/embeddings")
         headers = {"Content-Type": "application/json", "User-Agent": "palaver", **settings.headers}
         if settings.api_key:
             headers["Authorization"] = f"Bearer {settings.api_key}"
@@ -78,7 +79,13 @@ class OpenAIProvider:
         self._models_failing = False
 
     async def complete(self, payload: Json) -> Json:
-        response = await self._post(payload)
+        return await self._answer(await self._post(payload), "choices")
+
+    async def embed(self, payload: Json) -> Json:
+        return await self._answer(await self._post(payload, self._embeddings_url), "data")
+
+    async def _answer(self, response: aiohttp.ClientResponse, listing: str) -> Json:
+        """The JSON body of an answer, which must hold the list ``listing``."""
         try:
             raw = await response.read()
         except TimeoutError:
@@ -92,8 +99,8 @@ class OpenAIProvider:
             body: Any = orjson.loads(raw)
         except orjson.JSONDecodeError:
             body = None
-        if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
-            log.warning("provider %s: malformed completion: %r", self.name, raw[:200])
+        if not isinstance(body, dict) or not isinstance(body.get(listing), list):
+            log.warning("provider %s: malformed answer: %r", self.name, raw[:200])
             raise malformed(self.name)
         return body
 
@@ -149,19 +156,20 @@ class OpenAIProvider:
     def _deadline(self) -> _FirstByteDeadline:
         return _FirstByteDeadline(self.name, self._first_byte)
 
-    async def _post(self, payload: Json) -> aiohttp.ClientResponse:
+    async def _post(self, payload: Json, url: URL | None = None) -> aiohttp.ClientResponse:
         body = orjson.dumps(payload)
         limits = self._timeout
+        url = url or self._url
         try:
             try:
                 response = await self._session.post(
-                    self._url, data=body, headers=self._headers, timeout=limits
+                    url, data=body, headers=self._headers, timeout=limits
                 )
             except aiohttp.ServerDisconnectedError:
                 # A kept-alive connection the server closed as we sent (uvicorn-based servers
                 # close idle ones after 5 s): nothing was answered, so try once more afresh.
                 response = await self._session.post(
-                    self._url, data=body, headers=self._headers, timeout=limits
+                    url, data=body, headers=self._headers, timeout=limits
                 )
         except aiohttp.ConnectionTimeoutError:
             raise UpstreamTimeout(f"Provider {self.name} did not accept the connection.") from None

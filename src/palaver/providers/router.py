@@ -86,6 +86,9 @@ class ProviderRouter:
     async def open_stream(self, model: str, payload: Json) -> ChunkStream:
         return await self._first_success(model, lambda provider: provider.open_stream(payload))
 
+    async def embed(self, model: str, payload: Json) -> Json:
+        return await self._first_success(model, lambda provider: provider.embed(payload))
+
     async def _first_success(self, model: str, call: Callable[[Provider], Awaitable[T]]) -> T:
         providers, wildcard = self.candidates(model)
         if not providers:

@@ -1,4 +1,5 @@
-"""LangChain (``langchain-openai`` ``ChatOpenAI``) against palaver.
+"""LangChain (``langchain-openai`` ``ChatOpenAI``) against palaver, on Chat Completions and,
+with ``use_responses_api=True``, on the Responses API (chained by ``previous_response_id``).
 
 A LangChain application holds the transcript as a list of messages and sends all of it on
 every call: after a tool call it appends the AIMessage and a ToolMessage per call and invokes
@@ -129,3 +130,88 @@ def test_tool_without_parameters_called_with_empty_arguments(gateway: Gateway) -
     expected = tool_turns(questions, CLOCK)
     assert gateway.last_sent("clock") == expected[:-1]
     assert gateway.items("lc-clock") == expected
+
+
+# -- use_responses_api=True: the Responses API (CONTRACT §9) ---------------------------------
+
+
+@contextmanager
+def responses(gateway: Gateway, model: str, chained: bool = False) -> Iterator[ChatOpenAI]:
+    """ChatOpenAI on /v1/responses; ``chained``: it sends only the messages after its last
+    answer, with that answer's ``previous_response_id`` (palaver keeps the chain)."""
+    llm = ChatOpenAI(
+        base_url=gateway.base_url,
+        api_key=API_KEY,  # type: ignore[arg-type]
+        model=model,
+        use_responses_api=True,
+        use_previous_response_id=chained,
+        max_retries=0,
+        timeout=20,
+    )
+    try:
+        yield llm
+    finally:
+        llm.root_client.close()
+
+
+def text_of(message: AIMessage) -> str:
+    """The text of an answer (the Responses API gives content blocks)."""
+    if isinstance(message.content, str):
+        return message.content
+    return "".join(block.get("text", "") for block in message.content if isinstance(block, dict))
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["invoke", "stream"])
+def test_responses_plain(gateway: Gateway, streaming: bool) -> None:
+    with responses(gateway, "resp-plain") as llm:
+        reply = call(llm, [HumanMessage("hello")], streaming)
+    assert text_of(reply) == "[up] hello"
+    assert reply.response_metadata.get("id", "").startswith("resp_")
+    assert gateway.last_sent("resp-plain") == ["user: hello"]
+    assert [r.path for r in gateway.upstream.requests] == ["/v1/chat/completions"]
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["invoke", "stream"])
+def test_responses_three_turns_by_previous_response_id(gateway: Gateway, streaming: bool) -> None:
+    messages: list[BaseMessage] = [SystemMessage(SYSTEM)]
+    with responses(gateway, "resp-chain", chained=True) as llm:
+        for question in ["one", "two", "three"]:
+            messages.append(HumanMessage(question))
+            reply = call(llm, messages, streaming)
+            assert text_of(reply) == f"[up] {question}"
+            messages.append(reply)
+    bodies = gateway.bodies("resp-chain")
+    assert [len(body["messages"]) for body in bodies] == [2, 4, 6]
+    assert gateway.last_sent("resp-chain") == [
+        f"system: {SYSTEM}",
+        "user: one",
+        "assistant: [up] one",
+        "user: two",
+        "assistant: [up] two",
+        "user: three",
+    ]
+
+
+@pytest.mark.parametrize("gateway", SPELLINGS, indirect=True)
+@pytest.mark.parametrize("chained", [False, True], ids=["transcript", "chained"])
+def test_responses_tool_loop(gateway: Gateway, chained: bool) -> None:
+    """The agent loop on the Responses API: the whole transcript each call, or (chained)
+    only what follows the last answer."""
+    questions = ("Weather in Paris?", "And tomorrow?")
+    messages: list[BaseMessage] = [SystemMessage(SYSTEM)]
+    with responses(gateway, "resp-tools", chained) as llm:
+        bound = llm.bind_tools([weather])
+        for question in questions:
+            messages.append(HumanMessage(question))
+            for _ in range(4):
+                reply = call(bound, messages, streaming=False)
+                messages.append(reply)
+                if not reply.tool_calls:
+                    break
+                for tool_call in reply.tool_calls:
+                    result = weather.invoke(tool_call["args"])
+                    messages.append(ToolMessage(result, tool_call_id=tool_call["id"]))
+    texts = [text_of(m) for m in messages if isinstance(m, AIMessage) and text_of(m)]
+    assert texts == ["[up] Weather in Paris?", "[up] And tomorrow?"]
+    assert len(gateway.bodies("resp-tools")) == 4
+    assert gateway.last_sent("resp-tools") == tool_turns(questions)[:-1]

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import openai
 import pytest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import BaseTool, tool
@@ -180,6 +181,9 @@ def test_responses_three_turns_by_previous_response_id(gateway: Gateway, streami
             reply = call(llm, messages, streaming)
             assert text_of(reply) == f"[up] {question}"
             messages.append(reply)
+    with openai.OpenAI(base_url=gateway.base_url, api_key=API_KEY) as client:
+        sent = list(client.responses.input_items.list(reply.response_metadata["id"]))
+    assert len(sent) == 1  # only "three" came in: the chain held the rest
     bodies = gateway.bodies("resp-chain")
     assert [len(body["messages"]) for body in bodies] == [2, 4, 6]
     assert gateway.last_sent("resp-chain") == [

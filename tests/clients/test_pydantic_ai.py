@@ -1,4 +1,6 @@
-"""pydantic-ai (``OpenAIChatModel`` over an ``OpenAIProvider``) against palaver.
+"""pydantic-ai (``OpenAIChatModel`` over an ``OpenAIProvider``) against palaver; and
+``OpenAIResponsesModel`` on the Responses API, its chain kept by palaver
+(``openai_previous_response_id='auto'``).
 
 An agent run sends its whole message list on every step of its tool loop, and a second run
 given ``message_history=result.all_messages()`` resends the first run's transcript; tool-call
@@ -13,8 +15,12 @@ from contextlib import asynccontextmanager
 import openai
 import pytest
 from pydantic_ai import Agent
-from pydantic_ai.messages import ModelMessage
-from pydantic_ai.models.openai import OpenAIChatModel
+from pydantic_ai.messages import ModelMessage, ModelResponse
+from pydantic_ai.models.openai import (
+    OpenAIChatModel,
+    OpenAIResponsesModel,
+    OpenAIResponsesModelSettings,
+)
 from pydantic_ai.providers.openai import OpenAIProvider
 from pydantic_ai.settings import ModelSettings
 
@@ -37,14 +43,17 @@ async def agent_for(
     model: str,
     conversation: str | None = None,
     tool: Callable[..., str] | None = None,
+    on_responses: bool = False,
 ) -> AsyncIterator[Agent[None, str]]:
-    """An agent on palaver; the conversation goes in its openai client's default headers."""
+    """An agent on palaver; the conversation goes in its openai client's default headers.
+    ``on_responses``: an ``OpenAIResponsesModel``, on the Responses API."""
     headers = {"X-Conversation-Id": conversation} if conversation else None
     async with openai.AsyncOpenAI(
         base_url=gateway.base_url, api_key=API_KEY, default_headers=headers, max_retries=0
     ) as client:
         provider = OpenAIProvider(openai_client=client)
-        agent = Agent(OpenAIChatModel(model, provider=provider), instructions=SYSTEM)
+        kind = OpenAIResponsesModel if on_responses else OpenAIChatModel
+        agent = Agent(kind(model, provider=provider), instructions=SYSTEM)
         if tool is not None:
             agent.tool_plain(tool)
         yield agent
@@ -117,3 +126,60 @@ async def test_tool_without_parameters_called_with_empty_arguments(gateway: Gate
     expected = tool_turns(questions, CLOCK)
     assert gateway.last_sent("clock") == expected[:-1]
     assert gateway.items("pai-clock") == expected
+
+
+# -- OpenAIResponsesModel: the Responses API (CONTRACT §9) ----------------------------------
+
+CHAINED: OpenAIResponsesModelSettings = {"openai_previous_response_id": "auto"}
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["run", "run_stream"])
+async def test_responses_plain(gateway: Gateway, streaming: bool) -> None:
+    async with agent_for(gateway, "resp-plain", on_responses=True) as agent:
+        output, _ = await ask(agent, "hello", streaming)
+    assert output == "[up] hello"
+    [body] = gateway.bodies("resp-plain")
+    assert bool(body.get("stream")) is streaming
+    assert gateway.last_sent("resp-plain") == [f"system: {SYSTEM}", "user: hello"]
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["run", "run_stream"])
+async def test_responses_three_turns_by_previous_response_id(
+    gateway: Gateway, streaming: bool
+) -> None:
+    """Each run sends only its new message: the rest is palaver's stored chain."""
+    history: list[ModelMessage] | None = None
+    async with agent_for(gateway, "resp-chain", on_responses=True) as agent:
+        for question in ("one", "two", "three"):
+            output, history = await ask(agent, question, streaming, history, CHAINED)
+            assert output == f"[up] {question}"
+    assert history is not None
+    last = history[-1]
+    assert isinstance(last, ModelResponse)
+    assert last.provider_response_id is not None
+    async with openai.AsyncOpenAI(base_url=gateway.base_url, api_key=API_KEY) as client:
+        sent = [item async for item in client.responses.input_items.list(last.provider_response_id)]
+    assert len(sent) == 1  # only "three" came in: the chain held the rest
+    bodies = gateway.bodies("resp-chain")
+    assert [len(body["messages"]) for body in bodies] == [2, 4, 6]
+    assert gateway.last_sent("resp-chain") == [
+        f"system: {SYSTEM}",
+        "user: one",
+        "assistant: [up] one",
+        "user: two",
+        "assistant: [up] two",
+        "user: three",
+    ]
+
+
+@pytest.mark.parametrize("gateway", SPELLINGS, indirect=True)
+@pytest.mark.parametrize("settings", [None, CHAINED], ids=["transcript", "chained"])
+async def test_responses_tool_loop(
+    gateway: Gateway, settings: OpenAIResponsesModelSettings | None
+) -> None:
+    async with agent_for(gateway, "resp-tools", tool=weather, on_responses=True) as agent:
+        first, messages = await ask(agent, "Weather in Paris?", False, settings=settings)
+        second, _ = await ask(agent, "And tomorrow?", False, messages, settings)
+    assert (first, second) == ("[up] Weather in Paris?", "[up] And tomorrow?")
+    assert len(gateway.bodies("resp-tools")) == 4
+    assert gateway.last_sent("resp-tools") == tool_turns()[:-1]

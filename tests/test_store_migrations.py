@@ -154,3 +154,52 @@ async def test_redis_layout_of_palaver_0_1_is_moved(redis_prefix: str) -> None:
     finally:
         await link.close()
         await raw.aclose()
+
+
+async def test_sqlite_file_of_schema_2_gains_token_counts(tmp_path: Path) -> None:
+    """A file written before counts were kept (schema 2): its messages load without counts
+    (palaver counts them when it needs to), new ones keep theirs, and a v1 file goes all the
+    way to the current version."""
+    from palaver.stores.sqlite_schema import TABLES
+
+    path = tmp_path / "v2.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        TABLES
+        + """
+        CREATE TABLE messages (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL,
+            conversation_id TEXT NOT NULL, item_id TEXT NOT NULL,
+            created_at REAL NOT NULL, body TEXT NOT NULL);
+        CREATE INDEX messages_by_conversation ON messages (tenant, conversation_id, seq);
+        INSERT INTO conversations (tenant, id, created_at, updated_at, message_count)
+            VALUES ('k', 'old', 1, 1, 1);
+        INSERT INTO messages (tenant, conversation_id, item_id, created_at, body)
+            VALUES ('k', 'old', 'msg_old', 1, '{"role": "user", "content": "hi"}');
+        PRAGMA user_version = 2;
+        """
+    )
+    db.close()
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+        snapshot = await store.load("old", "k")
+        assert [(s.message["content"], s.tokens) for s in snapshot.messages] == [("hi", None)]
+        reply = {"role": "assistant", "content": "hello"}
+        await store.append("old", "k", [reply], epoch=1, counts=[{"o200k_base": 9}])
+        snapshot = await store.load("old", "k")
+        assert [s.tokens for s in snapshot.messages] == [None, {"o200k_base": 9}]
+    finally:
+        await store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == VERSION == 3
+    db.close()
+    v1 = tmp_path / "v1.sqlite3"
+    write_v1(v1)
+    store = SqliteStore(str(v1))
+    await store.open()
+    try:
+        await store.append("other", "", [reply], epoch=1, counts=[{"cl100k_base": 4}])
+        assert (await store.load("other", "")).messages[-1].tokens == {"cl100k_base": 4}
+    finally:
+        await store.close()

@@ -235,3 +235,22 @@ async def test_sqlite_two_connections_share_one_file(tmp_path: Path) -> None:
     await a.close()
     await b.close()
     assert sorted(got) == sorted(f"m{n}" for n in range(30))
+
+
+async def test_token_counts_are_kept_with_their_messages(store: ConversationStore) -> None:
+    """Each message's prompt tokens are stored with it (CONTRACT §5: a turn never re-counts
+    the whole history); messages stored without counts load without them."""
+    await store.append("c1", "t", [user("a")], epoch=1)
+    await store.append(
+        "c1",
+        "t",
+        [user("b"), {"role": "assistant", "content": "c"}],
+        epoch=1,
+        counts=[{"o200k_base": 7}, {"o200k_base": 5, "cl100k_base": 6}],
+    )
+    snapshot = await store.load("c1", "t")
+    assert [s.tokens for s in snapshot.messages] == [
+        None,
+        {"o200k_base": 7},
+        {"o200k_base": 5, "cl100k_base": 6},
+    ]

@@ -39,6 +39,7 @@ from palaver.routes import Handlers
 from palaver.server import Drain
 from palaver.service import ChatService
 from palaver.stores import ConversationStore, open_store
+from palaver.tokens import Budgets, ModelTable
 
 log = logging.getLogger("palaver")
 
@@ -111,7 +112,7 @@ class Palaver:
         conversations = Conversations(store, settings.conversations)
         max_body = settings.server.max_body_bytes
         cache = _cache_backend(settings, link)
-        service = ChatService(router, conversations, cache)
+        service = ChatService(router, conversations, cache, budgets(settings))
         handlers = Handlers(service, router, max_body, self.drain)
         conversation_routes = ConversationHandlers(conversations, max_body)
         responses = Responses(response_store, conversations, settings.conversations.max_messages)
@@ -321,3 +322,11 @@ async def _response_store(settings: Settings, link: RedisLink | None) -> Respons
 def create_app(settings: Settings | None = None) -> Palaver:
     """The application for ``settings`` (default: loaded from the file and the environment)."""
     return Palaver(settings if settings is not None else load_settings())
+
+
+def budgets(settings: Settings) -> Budgets:
+    """Token budgets from ``[models]`` and the built-in table (CONTRACT §5)."""
+    configured = {
+        name: (model.context_window, model.tokenizer) for name, model in settings.models.items()
+    }
+    return Budgets(ModelTable(configured), settings.conversations.reply_reserve)

@@ -73,6 +73,15 @@ class ConversationSettings(Struct, forbid_unknown_fields=True, kw_only=True):
     max_active: Annotated[int, Meta(ge=1)] = 1000
     auto_create: bool = False
     idle_ttl_seconds: Annotated[float, Meta(ge=0)] = 0.0
+    # tokens kept free for the reply when a request gives no max_tokens (CONTRACT §5)
+    reply_reserve: Annotated[int, Meta(ge=0)] = 1024
+
+
+class ModelSettings(Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[models."NAME"]``: facts about a model name, over palaver's built-in table."""
+
+    context_window: Annotated[int, Meta(ge=16)] | None = None  # tokens
+    tokenizer: Literal["o200k_base", "cl100k_base"] | None = None
 
 
 class ResponsesSettings(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -93,6 +102,7 @@ class Settings(Struct, forbid_unknown_fields=True, kw_only=True):
     providers: list[ProviderSettings] = []
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     conversations: ConversationSettings = msgspec.field(default_factory=ConversationSettings)
+    models: dict[str, ModelSettings] = {}
     responses: ResponsesSettings = msgspec.field(default_factory=ResponsesSettings)
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
 

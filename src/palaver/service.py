@@ -22,6 +22,7 @@ from palaver.errors import PalaverError
 from palaver.protocol import ChatRequest, Json, completion_id, now
 from palaver.providers import ProviderRouter
 from palaver.streaming import DONE, encode_event, error_event, replay_chunks
+from palaver.tokens import Budget, Budgets
 
 log = logging.getLogger("palaver.service")
 T = TypeVar("T")
@@ -36,9 +37,12 @@ BYPASS = (b"x-cache", b"BYPASS")
 
 class CallState(Protocol):
     """The conversation stage of a call that is not a plain chat request (a Responses
-    request): ``begin`` puts the history into the payload and returns what stores the turn."""
+    request): ``begin`` puts the history into the payload, trimmed to the token budget, and
+    returns what stores the turn; ``trimmed`` then says how many stored messages it left out."""
 
-    async def begin(self, payload: Json) -> Finish: ...
+    trimmed: int
+
+    async def begin(self, payload: Json, budget: Budget | None) -> Finish: ...
 
 
 @dataclass(slots=True)
@@ -77,6 +81,10 @@ def _fresh(completion: Json) -> Json:
     return {**completion, "id": completion_id(), "created": now()}
 
 
+def _trimmed(count: int) -> tuple[bytes, bytes]:
+    return (b"x-palaver-trimmed", str(count).encode())
+
+
 def _first_message(completion: Json) -> Json | None:
     choices = completion.get("choices") or []
     first = choices[0] if choices and isinstance(choices[0], dict) else {}
@@ -90,10 +98,12 @@ class ChatService:
         router: ProviderRouter,
         conversations: Conversations,
         cache: CacheBackend | None,
+        budgets: Budgets | None = None,
     ) -> None:
         self._router = router
         self._conversations = conversations
         self._cache = cache
+        self._budgets = budgets
         self._flights = Flights(router, cache)
 
     async def close(self) -> None:
@@ -101,17 +111,25 @@ class ChatService:
 
     # -- stages ----------------------------------------------------------------------------
 
-    async def _begin(self, call: ChatCall) -> tuple[Turn | None, Finish | None]:
-        """The conversation stage: the history into the payload; the turn, if the request
-        continues a chat conversation, and what stores the answer."""
+    async def _begin(self, call: ChatCall) -> tuple[Turn | None, Finish | None, Headers]:
+        """The conversation and priority stages: the history into the payload, trimmed to
+        the model's context window; the turn, if the request continues a chat conversation,
+        what stores the answer, and the headers that say what was trimmed."""
+        budgets = self._budgets
+        budget = None if budgets is None else await budgets.open(call.request.model, call.payload)
         if call.state is not None:
-            return None, _settling(await call.state.begin(call.payload))
+            finish = _settling(await call.state.begin(call.payload, budget))
+            trimmed = call.state.trimmed
+            return None, finish, [_trimmed(trimmed)] if trimmed else []
         turn = await self._conversations.begin(
-            call.tenant, call.request.conversation, call.conversation_header, call.payload
+            call.tenant, call.request.conversation, call.conversation_header, call.payload, budget
         )
         if turn is None:
             call.payload["messages"] = arrange(call.payload["messages"])
-        return turn, self._finisher(turn)
+            if budget is not None:
+                budget.check(call.payload["messages"], "messages")
+            return None, None, []
+        return turn, self._finisher(turn), [_trimmed(turn.trimmed)] if turn.trimmed else []
 
     def _policy(self, call: ChatCall) -> tuple[Policy, str] | None:
         if self._cache is None or not self._cache.available:
@@ -161,7 +179,7 @@ class ChatService:
     # -- non-streaming ---------------------------------------------------------------------
 
     async def complete(self, call: ChatCall) -> ChatReply:
-        turn, finish = await self._begin(call)
+        turn, finish, trimmed = await self._begin(call)
         cached, body = await self._lookup(call)
         status = HIT
         if cached is None:
@@ -175,7 +193,7 @@ class ChatService:
                 flight.leave()
             body, status = ({**completion}, MISS) if leads else (_fresh(completion), HIT)
         assert body is not None
-        headers = [status]
+        headers = [status, *trimmed]
         if finish is not None and await finish(body) and turn is not None:
             body["conversation"] = turn.conversation_id
             headers.append((b"x-conversation-id", turn.conversation_id.encode()))
@@ -184,8 +202,7 @@ class ChatService:
     # -- streaming -------------------------------------------------------------------------
 
     async def stream(self, call: ChatCall) -> ChatStream:
-        turn, finish = await self._begin(call)
-        headers: Headers = []
+        turn, finish, headers = await self._begin(call)
         if turn is not None:
             headers.append((b"x-conversation-id", turn.conversation_id.encode()))
         cached, hit = await self._lookup(call)

@@ -17,7 +17,13 @@ from typing import Any
 
 import orjson
 
-from palaver.conversations.priority import arrange, is_instruction, newest_user_index, trim
+from palaver.conversations.priority import (
+    Budget,
+    arrange,
+    fit,
+    is_instruction,
+    newest_user_index,
+)
 from palaver.protocol import Message
 
 
@@ -90,12 +96,22 @@ def message_key(message: Message) -> tuple[Any, ...]:
 class Merge:
     sent: list[Message]  # what goes upstream, instructions first
     new: list[Message]  # what this turn adds to the stored history (before the reply)
+    trimmed: int = 0  # stored messages left out of what goes upstream
 
 
-def merge(history: Sequence[Message], request: list[Message], max_messages: int) -> Merge:
-    """Combine the stored ``history`` with a request's messages."""
+def merge(
+    history: Sequence[Message],
+    request: list[Message],
+    max_messages: int,
+    budget: Budget | None = None,
+    param: str = "messages",
+    by_tokens: bool = True,
+) -> Merge:
+    """Combine the stored ``history`` with a request's messages, trimmed to ``max_messages``
+    and to the ``budget``'s tokens (see ``priority.fit``)."""
     if not history:
-        return Merge(arrange(request), _without_repeats(request, set()))
+        sent, _ = fit(request, len(request), 0, budget, param)
+        return Merge(arrange(sent), _without_repeats(request, set()))
     history_keys = [message_key(m) for m in history]
     request_keys = [message_key(m) for m in request]
     stored_instructions = {
@@ -121,8 +137,8 @@ def merge(history: Sequence[Message], request: list[Message], max_messages: int)
         head = [m for m in request[: seam + 1] if is_instruction(m)]
         new = _without_repeats(head + request[seam + 1 :], stored_instructions)
         outgoing = request
-    sent = trim(before + outgoing, max_messages, protect_from=len(before))
-    return Merge(arrange(sent), new)
+    sent, trimmed = fit(before + outgoing, max_messages, len(before), budget, param, by_tokens)
+    return Merge(arrange(sent), new, trimmed)
 
 
 MIN_SHARED_START = 2  # dialogue messages a request must share with the stored start

@@ -2,16 +2,18 @@
 
 - ``arrange``: system and developer messages first, in their order; the dialogue after them
   keeps its order.
-- ``keep``: which messages survive a cap. Messages are dropped oldest first by class: assistant
-  and tool messages before user messages, user messages before system ones. The newest user
-  message and everything after it are never dropped, nor anything from ``protect_from`` on
-  (the request's own messages). An assistant message with ``tool_calls`` and the tool results
-  that answer it go together.
+- ``keep``: which messages survive a cap on their number and, given each message's tokens, on
+  their tokens. Messages are dropped oldest first by class: assistant and tool messages before
+  user messages, user messages before system ones, until both caps hold or nothing more may
+  go. The newest user message and everything after it are never dropped, nor anything from
+  ``protect_from`` on (the request's own messages). An assistant message with ``tool_calls``
+  and the tool results that answer it go together.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 from palaver.protocol import Message
 
@@ -66,9 +68,19 @@ def newest_user_index(messages: Sequence[Message]) -> int:
     return len(messages)
 
 
-def keep(messages: Sequence[Message], limit: int, protect_from: int | None = None) -> list[int]:
-    """The indices of the messages that stay under ``limit``, in order."""
-    if len(messages) <= limit:
+def keep(
+    messages: Sequence[Message],
+    limit: int,
+    protect_from: int | None = None,
+    costs: Sequence[int] | None = None,
+    budget: int | None = None,
+) -> list[int]:
+    """The indices of the messages that stay, in order: at most ``limit`` of them and, with
+    ``costs`` (each message's tokens) and ``budget``, at most ``budget`` tokens, as far as
+    the messages that may be dropped allow (the caller checks the tokens of what stays)."""
+    excess = len(messages) - limit
+    over = 0 if costs is None or budget is None else sum(costs) - budget
+    if excess <= 0 and over <= 0:
         return list(range(len(messages)))
     floor = newest_user_index(messages)
     if protect_from is not None:
@@ -80,12 +92,13 @@ def keep(messages: Sequence[Message], limit: int, protect_from: int | None = Non
     ]
     candidates.sort(key=lambda c: (c[0], c[1]))
     dropped: set[int] = set()
-    excess = len(messages) - limit
     for _, _, unit in candidates:
-        if excess <= 0:
+        if excess <= 0 and over <= 0:
             break
         dropped.update(unit)
         excess -= len(unit)
+        if costs is not None:
+            over -= sum(costs[i] for i in unit)
     return [i for i in range(len(messages)) if i not in dropped]
 
 
@@ -94,3 +107,33 @@ def trim(messages: list[Message], limit: int, protect_from: int | None = None) -
     if len(kept) == len(messages):
         return messages
     return [messages[i] for i in kept]
+
+
+class Budget(Protocol):
+    """What trimming needs of a token budget (``palaver.tokens.Budget``)."""
+
+    available: int
+
+    def costs(self, messages: Sequence[Message]) -> list[int]: ...
+
+    def too_long(self, messages: Sequence[Message], param: str) -> Exception: ...
+
+
+def fit(
+    messages: list[Message],
+    limit: int,
+    protect_from: int,
+    budget: Budget | None,
+    param: str,
+    by_tokens: bool = True,
+) -> tuple[list[Message], int]:
+    """``messages`` trimmed to ``limit`` and, with a budget (and ``by_tokens``), to its
+    tokens; and how many were dropped. Raises the budget's ``too_long`` when what may not be
+    dropped does not fit (with ``by_tokens`` false: when the messages do not fit)."""
+    costs = None if budget is None else budget.costs(messages)
+    tokens = None if budget is None or not by_tokens else budget.available
+    kept = keep(messages, limit, protect_from, costs, tokens)
+    sent = messages if len(kept) == len(messages) else [messages[i] for i in kept]
+    if budget is not None and costs is not None and sum(costs[i] for i in kept) > budget.available:
+        raise budget.too_long(sent, param)
+    return sent, len(messages) - len(kept)

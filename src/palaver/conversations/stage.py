@@ -16,9 +16,11 @@ from palaver.stores.base import (
     ConversationInfo,
     ConversationStore,
     Gone,
+    StoredMessage,
     new_conversation_id,
     new_turn_id,
 )
+from palaver.tokens import Budget
 
 log = logging.getLogger("palaver.conversations")
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")  # used with fullmatch
@@ -42,6 +44,12 @@ class Turn:
     epoch: int  # the conversation's incarnation when the turn began (see stores.base)
     auto: bool = False  # created for this request, which named none
     turn_id: str = field(default_factory=new_turn_id)
+    budget: Budget | None = None  # the request's token budget, when its model's is known
+    trimmed: int = 0  # stored messages left out of the request
+
+    def counts(self, reply: Message) -> list[dict[str, int]] | None:
+        """The token counts to store with the turn's messages and ``reply``."""
+        return None if self.budget is None else self.budget.counts([*self.new, reply])
 
 
 def deleted_in_flight(conversation_id: str) -> NotFound:
@@ -69,9 +77,15 @@ class Conversations:
         self._settings = settings
 
     async def begin(
-        self, tenant: str, named: str | None, header: bytes | None, payload: Json
+        self,
+        tenant: str,
+        named: str | None,
+        header: bytes | None,
+        payload: Json,
+        budget: Budget | None = None,
     ) -> Turn | None:
-        """Resolve the conversation and put its history into ``payload["messages"]``."""
+        """Resolve the conversation and put its history into ``payload["messages"]``,
+        trimmed to ``max_messages`` and to the ``budget``."""
         conversation_id = named
         if header is not None:
             from_header = header.decode("latin-1").strip()
@@ -94,22 +108,29 @@ class Conversations:
             conversation_id = new_conversation_id()
         else:
             snapshot = await self.store.load(conversation_id, tenant)
-            history = [s.message for s in snapshot.messages]
+            history = _history(snapshot.messages, budget)
             epoch, auto = snapshot.epoch, False
-        merged = merge(history, payload["messages"], self._settings.max_messages)
+        merged = merge(history, payload["messages"], self._settings.max_messages, budget)
         payload["messages"] = merged.sent
-        return Turn(conversation_id, tenant, merged.new, epoch, auto)
+        return Turn(
+            conversation_id, tenant, merged.new, epoch, auto, budget=budget, trimmed=merged.trimmed
+        )
 
     async def resume(
-        self, tenant: str, conversation_id: str, new: list[Message], param: str
+        self,
+        tenant: str,
+        conversation_id: str,
+        new: list[Message],
+        param: str,
+        budget: Budget | None = None,
     ) -> tuple[Turn, list[Message]]:
         """A turn adding ``new`` to an existing conversation (404 if there is none), and the
         stored history it continues."""
         snapshot = await self.store.load(conversation_id, tenant)
         if snapshot.info is None:
             raise not_found(conversation_id, param)
-        history = [s.message for s in snapshot.messages]
-        return Turn(conversation_id, tenant, new, snapshot.epoch), history
+        history = _history(snapshot.messages, budget)
+        return Turn(conversation_id, tenant, new, snapshot.epoch, budget=budget), history
 
     async def commit(self, turn: Turn, reply: Message) -> bool:
         """Store the turn; False if an auto-created conversation could not be (store down)."""
@@ -120,6 +141,7 @@ class Conversations:
                 [*turn.new, reply],
                 epoch=turn.epoch,
                 turn=turn.turn_id,
+                counts=turn.counts(reply),
             )
         except Gone:
             raise deleted_in_flight(turn.conversation_id) from None
@@ -151,3 +173,11 @@ class Conversations:
             return await self.store.append(conversation_id, tenant, messages, epoch=snapshot.epoch)
         except Gone:
             raise not_found(conversation_id) from None
+
+
+def _history(stored: list[StoredMessage], budget: Budget | None) -> list[Message]:
+    """The stored messages, their tokens made known to the budget."""
+    if budget is not None:
+        for item in stored:
+            budget.learn(item.message, item.tokens, item.item_id)
+    return [item.message for item in stored]

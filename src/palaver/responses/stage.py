@@ -19,7 +19,7 @@ from typing import Any
 from palaver.conversations import Conversations, Turn
 from palaver.conversations.history import merge
 from palaver.conversations.items import to_items
-from palaver.conversations.priority import arrange, trim
+from palaver.conversations.priority import arrange, fit, trim
 from palaver.errors import InvalidRequest, PalaverError
 from palaver.protocol import Json, Message
 from palaver.responses.events import EventStream
@@ -33,6 +33,7 @@ from palaver.responses.output import (
 from palaver.responses.request import Translation, input_messages
 from palaver.responses.store import ResponseStore, StoredResponse
 from palaver.stores.base import StoredMessage, new_item_id
+from palaver.tokens import Budget
 
 log = logging.getLogger("palaver.responses")
 
@@ -86,7 +87,7 @@ class Responses:
         return input_messages(resolved)
 
     async def _history(
-        self, turn: ResponseTurn, translation: Translation
+        self, turn: ResponseTurn, translation: Translation, budget: Budget | None
     ) -> tuple[list[Message], Turn | None]:
         request = translation.request
         previous = request.previous_response_id
@@ -94,11 +95,17 @@ class Responses:
             record = await self.store.get(previous, turn.tenant)
             if record is None:
                 raise previous_not_found(previous)
+            if budget is not None:
+                tokens: list[dict[str, int] | None] = [None] * len(record.context)
+                if record.context_tokens and len(record.context_tokens) == len(tokens):
+                    tokens = list(record.context_tokens)
+                for index, (message, counts) in enumerate(zip(record.context, tokens, strict=True)):
+                    budget.learn(message, counts, f"{previous}:{index}")
             return record.context, None
         conversation = request.conversation_id
         if conversation is not None:
             conversation_turn, history = await self._conversations.resume(
-                turn.tenant, conversation, translation.new, "conversation"
+                turn.tenant, conversation, translation.new, "conversation", budget
             )
             return history, conversation_turn
         return [], None
@@ -118,28 +125,40 @@ class ResponseTurn:
         self._history: list[Message] = []
         self._conversation: Turn | None = None
         self.new: list[Message] = translation.new  # what this response adds to the history
+        self.budget: Budget | None = None
+        self.trimmed = 0  # stored messages left out of what the model sees
 
     @property
     def store(self) -> bool:
         return bool(self.translation.settings["store"])
 
-    async def begin(self, payload: Json) -> ResponseTurn:
+    async def begin(self, payload: Json, budget: Budget | None) -> ResponseTurn:
         """Put the messages the model sees into ``payload`` (the pipeline's conversation
-        stage); returns itself, whose ``finish`` the pipeline calls with the completion."""
+        stage), trimmed to ``max_messages`` and, with ``truncation: "auto"``, to the
+        ``budget`` (``"disabled"``: a 400 when they do not fit); returns itself, whose
+        ``finish`` the pipeline calls with the completion."""
         translation = self.translation
+        self.budget = budget
         if translation.referring is not None:
             translation.new = self.new = await self._responses._resolve(self.tenant, translation)
-        self._history, self._conversation = await self._responses._history(self, translation)
+        self._history, self._conversation = await self._responses._history(
+            self, translation, budget
+        )
         history = self._history
         max_messages = self._responses._max_messages
+        by_tokens = translation.settings.get("truncation") == "auto"
+        if budget is not None:
+            budget.reserve(translation.instructions)
         if self._conversation is not None:
             # A conversation is shared with chat requests: the same merge (CONTRACT §5), so
             # a resent transcript or system message is neither sent nor stored twice.
-            merged = merge(history, translation.new, max_messages)
+            merged = merge(history, translation.new, max_messages, budget, "input", by_tokens)
             self._conversation.new = self.new = merged.new
-            sent = merged.sent
+            sent, self.trimmed = merged.sent, merged.trimmed
         else:
-            sent = trim([*history, *translation.new], max_messages, protect_from=len(history))
+            sent, self.trimmed = fit(
+                [*history, *translation.new], max_messages, len(history), budget, "input", by_tokens
+            )
         payload["messages"] = arrange([*translation.instructions, *sent])
         if not payload["messages"]:
             raise InvalidRequest("Missing required parameter: 'input'.", param="input")
@@ -166,7 +185,8 @@ class ResponseTurn:
                 for message in new
                 for item in to_items(StoredMessage(new_item_id(), now, message))
             ]
-            record = StoredResponse(self.id, self.tenant, response, items, context)
+            tokens = None if self.budget is None else self.budget.counts(context)
+            record = StoredResponse(self.id, self.tenant, response, items, context, tokens)
             await self._responses.store.put(record)
         if self._conversation is not None:
             try:

@@ -28,6 +28,7 @@ class StoredResponse:
     response: Json
     input_items: list[Json]
     context: list[Message]
+    context_tokens: list[dict[str, int]] | None = None  # each context message's tokens
 
     def item(self, item_id: str) -> Json | None:
         """The output or input item of this response with id ``item_id``."""
@@ -38,14 +39,26 @@ class StoredResponse:
         return None
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(
-            {"response": self.response, "input_items": self.input_items, "context": self.context}
-        )
+        body: Json = {
+            "response": self.response,
+            "input_items": self.input_items,
+            "context": self.context,
+        }
+        if self.context_tokens is not None:
+            body["context_tokens"] = self.context_tokens
+        return orjson.dumps(body)
 
     @classmethod
     def from_bytes(cls, response_id: str, tenant: str, data: bytes | str) -> StoredResponse:
         body: Any = orjson.loads(data)
-        return cls(response_id, tenant, body["response"], body["input_items"], body["context"])
+        return cls(
+            response_id,
+            tenant,
+            body["response"],
+            body["input_items"],
+            body["context"],
+            body.get("context_tokens"),
+        )
 
 
 class ResponseStore(Protocol):

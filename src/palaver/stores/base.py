@@ -16,6 +16,7 @@ turn that began before a deletion cannot bring the conversation back when it end
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -55,11 +56,24 @@ class ConversationInfo:
     epoch: int = 1
 
 
+Counts = dict[str, int]  # a message's prompt tokens, by encoding name ("o200k_base": 12)
+
+
 @dataclass(slots=True)
 class StoredMessage:
     item_id: str
     created_at: float
     message: Message
+    tokens: Counts | None = None  # kept with it when its model's window was known
+
+
+def counted(
+    messages: list[Message], counts: Sequence[Counts] | None
+) -> list[tuple[Message, Counts | None]]:
+    """Each message with its counts (None where there are none)."""
+    if counts is None:
+        return [(m, None) for m in messages]
+    return list(zip(messages, counts, strict=True))
 
 
 @dataclass(slots=True)
@@ -108,10 +122,12 @@ class ConversationStore(Protocol):
         *,
         epoch: int,
         turn: str | None = None,
+        counts: Sequence[Counts] | None = None,
     ) -> ConversationInfo:
         """Append ``messages`` to the conversation of ``epoch`` (starting it if that epoch is
         the next one), trim it, and evict past ``max_active``, atomically. ``turn`` makes the
-        append idempotent where a lost reply could make the caller repeat it.
+        append idempotent where a lost reply could make the caller repeat it; ``counts``, one
+        per message, are kept with them.
         Raises ``Gone`` when that epoch was deleted meanwhile."""
         ...
 

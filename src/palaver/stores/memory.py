@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from palaver.conversations.priority import keep
@@ -12,10 +13,12 @@ from palaver.stores.base import (
     TOMBSTONE_SECONDS,
     AlreadyExists,
     ConversationInfo,
+    Counts,
     Gone,
     Limits,
     Snapshot,
     StoredMessage,
+    counted,
     new_item_id,
 )
 
@@ -104,6 +107,7 @@ class MemoryStore:
         *,
         epoch: int,
         turn: str | None = None,
+        counts: Sequence[Counts] | None = None,
     ) -> ConversationInfo:
         key = (tenant, conversation_id)
         found = self._get(key)
@@ -115,7 +119,9 @@ class MemoryStore:
             self._items[key] = found
         elif found.info.epoch != epoch:
             raise Gone(conversation_id)
-        found.messages.extend(StoredMessage(new_item_id(), now, m) for m in messages)
+        found.messages.extend(
+            StoredMessage(new_item_id(), now, m, c) for m, c in counted(messages, counts)
+        )
         self._trim(found)
         found.info.updated_at = now
         self._items.move_to_end(key)

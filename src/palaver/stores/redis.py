@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -39,10 +39,12 @@ from palaver.stores import redis_scripts
 from palaver.stores.base import (
     AlreadyExists,
     ConversationInfo,
+    Counts,
     Gone,
     Limits,
     Snapshot,
     StoredMessage,
+    counted,
     new_item_id,
     new_turn_id,
 )
@@ -86,13 +88,15 @@ def shape(message: Message) -> bytes:
     return b'["o"]'
 
 
-def _record(message: Message, now: float) -> bytes:
-    return orjson.dumps({"i": new_item_id(), "t": now, "m": message})
+def _record(message: Message, now: float, counts: Counts | None) -> bytes:
+    if counts is None:
+        return orjson.dumps({"i": new_item_id(), "t": now, "m": message})
+    return orjson.dumps({"i": new_item_id(), "t": now, "m": message, "k": counts})
 
 
 def _stored(raw: bytes) -> StoredMessage:
     record = orjson.loads(raw)
-    return StoredMessage(record["i"], record["t"], record["m"])
+    return StoredMessage(record["i"], record["t"], record["m"], record.get("k"))
 
 
 def _text(value: Any) -> str:
@@ -205,6 +209,7 @@ class RedisStore:
         epoch: int,
         turn: str,
         metadata: dict[str, str],
+        counts: Sequence[Counts] | None = None,
     ) -> ConversationInfo:
         """Run the write script so that it applies exactly once or not at all, and say which.
 
@@ -234,7 +239,7 @@ class RedisStore:
             repr(limits.idle_ttl),
             orjson.dumps(metadata),
             len(messages),
-            *(_record(m, now) for m in messages),
+            *(_record(m, now, c) for m, c in counted(messages, counts)),
             *(shape(m) for m in messages),
         ]
         deadline: float | None = None
@@ -316,6 +321,7 @@ class RedisStore:
         *,
         epoch: int,
         turn: str | None = None,
+        counts: Sequence[Counts] | None = None,
     ) -> ConversationInfo:
         return await self._commit(
             conversation_id,
@@ -325,6 +331,7 @@ class RedisStore:
             epoch=epoch,
             turn=turn or new_turn_id(),
             metadata={},
+            counts=counts,
         )
 
     async def set_metadata(

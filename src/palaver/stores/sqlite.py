@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,10 +25,12 @@ from palaver.stores.base import (
     TOMBSTONE_SECONDS,
     AlreadyExists,
     ConversationInfo,
+    Counts,
     Gone,
     Limits,
     Snapshot,
     StoredMessage,
+    counted,
     new_item_id,
 )
 from palaver.stores.sqlite_schema import migrate
@@ -121,14 +123,26 @@ class SqliteStore:
 
     @staticmethod
     def _insert(
-        db: Db, conversation_id: str, tenant: str, messages: list[Message], now: float
+        db: Db,
+        conversation_id: str,
+        tenant: str,
+        messages: list[Message],
+        now: float,
+        counts: Sequence[Counts] | None = None,
     ) -> None:
         db.executemany(
-            "INSERT INTO messages (tenant, conversation_id, item_id, created_at, body)"
-            " VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO messages (tenant, conversation_id, item_id, created_at, body, tokens)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
             [
-                (tenant, conversation_id, new_item_id(), now, orjson.dumps(m).decode())
-                for m in messages
+                (
+                    tenant,
+                    conversation_id,
+                    new_item_id(),
+                    now,
+                    orjson.dumps(m).decode(),
+                    None if c is None else orjson.dumps(c).decode(),
+                )
+                for m, c in counted(messages, counts)
             ],
         )
 
@@ -162,13 +176,18 @@ class SqliteStore:
         return len(doomed)
 
     def _start(
-        self, db: Db, info: ConversationInfo, messages: list[Message], now: float
+        self,
+        db: Db,
+        info: ConversationInfo,
+        messages: list[Message],
+        now: float,
+        counts: Sequence[Counts] | None = None,
     ) -> ConversationInfo:
         db.execute(
             f"INSERT INTO conversations ({_INFO}) VALUES (?, ?, ?, ?, 0, ?, ?)",
             (info.id, info.tenant, now, now, orjson.dumps(info.metadata).decode(), info.epoch),
         )
-        self._insert(db, info.id, info.tenant, messages, now)
+        self._insert(db, info.id, info.tenant, messages, now, counts)
         info.message_count = self._trim(db, info.id, info.tenant, len(messages))
         db.execute(
             f"UPDATE conversations SET message_count = ? WHERE {_WHERE}",
@@ -185,10 +204,14 @@ class SqliteStore:
             if info is None:
                 return Snapshot(None, [], self._next_epoch(db, conversation_id, tenant))
             rows = db.execute(
-                f"SELECT item_id, created_at, body FROM messages WHERE {_MESSAGES} ORDER BY seq",
+                f"SELECT item_id, created_at, body, tokens FROM messages WHERE {_MESSAGES}"
+                " ORDER BY seq",
                 (tenant, conversation_id),
             ).fetchall()
-            messages = [StoredMessage(r[0], r[1], orjson.loads(r[2])) for r in rows]
+            messages = [
+                StoredMessage(r[0], r[1], orjson.loads(r[2]), r[3] and orjson.loads(r[3]))
+                for r in rows
+            ]
             return Snapshot(info, messages, info.epoch)
 
         # An idle-expired conversation is removed as it is found: that read writes.
@@ -215,6 +238,7 @@ class SqliteStore:
         *,
         epoch: int,
         turn: str | None = None,
+        counts: Sequence[Counts] | None = None,
     ) -> ConversationInfo:
         def append(db: Db) -> ConversationInfo:
             now = time.time()
@@ -223,10 +247,10 @@ class SqliteStore:
                 if epoch != self._next_epoch(db, conversation_id, tenant):
                     raise Gone(conversation_id)
                 started = ConversationInfo(conversation_id, tenant, now, now, epoch=epoch)
-                return self._start(db, started, messages, now)
+                return self._start(db, started, messages, now, counts)
             if info.epoch != epoch:
                 raise Gone(conversation_id)
-            self._insert(db, conversation_id, tenant, messages, now)
+            self._insert(db, conversation_id, tenant, messages, now, counts)
             info.message_count = self._trim(
                 db, conversation_id, tenant, info.message_count + len(messages)
             )

@@ -3,6 +3,7 @@
     version 0   a new, empty file
     version 1   (palaver 0.1) conversation ids global: ``conversations.id`` the primary key
     version 2   ids within their tenant: (tenant, id); epochs and tombstones for deletions
+    version 3   each message's prompt tokens (``messages.tokens``, JSON by encoding name)
 
 ``migrate`` brings any file to the current version in one ``BEGIN IMMEDIATE`` transaction,
 so several worker processes opening one old file at once migrate it exactly once.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 
-VERSION = 2
+VERSION = 3
 
 TABLES = """
 CREATE TABLE conversations (
@@ -44,7 +45,8 @@ CREATE TABLE messages (
     conversation_id TEXT NOT NULL,
     item_id TEXT NOT NULL,
     created_at REAL NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    tokens TEXT
 );
 CREATE INDEX messages_by_conversation ON messages (tenant, conversation_id, seq);
 """
@@ -65,6 +67,9 @@ FROM_V1 = [
     "CREATE INDEX messages_by_conversation ON messages (tenant, conversation_id, seq)",
     "DROP TABLE conversations_v1",
 ]
+
+# Version 2 -> 3: messages keep their token counts; older ones have none (counted when used).
+FROM_V2 = ["ALTER TABLE messages ADD COLUMN tokens TEXT"]
 
 
 class SchemaTooNew(Exception):
@@ -96,7 +101,9 @@ def migrate(db: sqlite3.Connection) -> int:
         if found == 0:
             statements = [s for s in (TABLES + MESSAGES).split(";") if s.strip()]
         elif found == 1:
-            statements = FROM_V1
+            statements = FROM_V1 + FROM_V2
+        elif found == 2:
+            statements = FROM_V2
         for statement in statements:
             db.execute(statement)
         db.execute(f"PRAGMA user_version = {VERSION}")

@@ -2,9 +2,15 @@
 
 Starts the fast test upstream (``tests/upstream.py``) and ``palaver serve`` (one worker) as
 processes on free loopback ports and drives them with wrk: for each palaver row (relay without
-cache, cache MISS non-streaming and streaming, cache hit non-streaming and streaming) it first
-measures the upstream directly, then palaver, and prints requests/s, p50 and p99 and the ratio
-of the two, so that each ratio compares figures taken under the same conditions.
+cache, cache MISS non-streaming and streaming, cache hit non-streaming and streaming,
+conversation turns without and with a context window) it first measures the upstream
+directly, then palaver, and prints requests/s, p50 and p99 and the ratio of the two, so
+that each ratio compares figures taken under the same conditions.
+
+Conversation turns: every request names one of ``CONVERSATIONS`` conversations (sqlite), each
+holding 50 messages (``max_messages``), and sends one new message; the same with a model whose
+context window palaver knows (so every turn counts, and fits the history to, its tokens) is
+also given as a ratio to the turns without one.
 
     python bench/bench.py [--seconds 8] [--connections 32]
 """
@@ -68,9 +74,16 @@ def _millis(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def _script(body: dict[str, object], unique: bool, bypass: bool = False) -> str:
+CONVERSATIONS = 100
+TURN = [{"role": "user", "content": "Say something about the weather in Paris today, please."}]
+
+
+def _script(
+    body: dict[str, object], unique: bool, bypass: bool = False, conversations: int = 0
+) -> str:
     """A wrk script posting ``body``; ``unique``: every request's last message differs;
-    ``bypass``: ask palaver to skip its cache."""
+    ``bypass``: ask palaver to skip its cache; ``conversations``: each request names one of
+    that many conversations (``X-Conversation-Id: bench-<n>``)."""
     lines = ['wrk.method = "POST"', 'wrk.headers["Content-Type"] = "application/json"']
     if bypass:
         lines.append('wrk.headers["Cache-Control"] = "no-cache, no-store"')
@@ -79,6 +92,10 @@ def _script(body: dict[str, object], unique: bool, bypass: bool = False) -> str:
         return "\n".join([*lines, f"wrk.body = [[{template}]]", ""])
     tag = uuid.uuid4().hex[:8]
     template = template.replace("please.", "please. __N__")
+    headers = "nil"
+    if conversations:
+        lines.append("local headers = {}")
+        headers = "headers"
     return "\n".join(
         [
             *lines,
@@ -86,12 +103,33 @@ def _script(body: dict[str, object], unique: bool, bypass: bool = False) -> str:
             f"template = [[{template}]]",
             "request = function()",
             "  counter = counter + 1",
+            *(
+                [f'  headers["X-Conversation-Id"] = "bench-" .. (counter % {conversations})']
+                if conversations
+                else []
+            ),
             f'  local body = string.gsub(template, "__N__", "{tag}-" .. counter)',
-            "  return wrk.format(nil, nil, nil, body)",
+            f"  return wrk.format(nil, nil, {headers}, body)",
             "end",
             "",
         ]
     )
+
+
+def _seed(url: str, model: str, turns: int = 25) -> None:
+    """Fill every bench conversation to 50 messages (25 turns)."""
+    for n in range(CONVERSATIONS):
+        for turn in range(turns):
+            content = f"Seed turn {turn} of conversation {n}: tell me about the weather."
+            request = urllib.request.Request(  # noqa: S310 - loopback
+                url,
+                data=orjson.dumps(
+                    {"model": model, "messages": [{"role": "user", "content": content}]}
+                ),
+                headers={"Content-Type": "application/json", "X-Conversation-Id": f"bench-{n}"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                response.read()
 
 
 # With two cores or more, the server measured gets a core of its own and the load generator
@@ -121,10 +159,11 @@ def _wrk(
     args: argparse.Namespace,
     unique: bool,
     bypass: bool = False,
+    conversations: int = 0,
 ) -> Result:
     def run(seconds: int) -> str:
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-            script.write(_script(body, unique, bypass))
+            script.write(_script(body, unique, bypass, conversations))
         command = [*_on(LOAD_CORE), "wrk", "-t1", f"-c{args.connections}", f"-d{seconds}s"]
         command.append("--latency")
         try:
@@ -170,6 +209,9 @@ enabled = true
 [conversations]
 auto_create = false
 path = "{workdir / "bench.sqlite3"}"
+
+[models."bench-window"]
+context_window = 32768
 """
     )
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
@@ -193,23 +235,32 @@ path = "{workdir / "bench.sqlite3"}"
         streamed = {**plain, "stream": True}
         up = f"http://127.0.0.1:{up_port}/v1/chat/completions"
         pal = f"http://127.0.0.1:{palaver_port}/v1/chat/completions"
+        _seed(pal, "bench-window")
+        turns = {"model": "bench-model", "messages": TURN}
+        windowed = {"model": "bench-window", "messages": TURN}
         rows = [
-            ("palaver relay, no cache", plain, True, True),
-            ("palaver non-streaming", plain, True, False),
-            ("palaver streaming", streamed, True, False),
-            ("palaver cache hit", plain, False, False),
-            ("palaver cache hit, stream", streamed, False, False),
+            ("palaver relay, no cache", plain, True, True, 0),
+            ("palaver non-streaming", plain, True, False, 0),
+            ("palaver streaming", streamed, True, False, 0),
+            ("palaver cache hit", plain, False, False, 0),
+            ("palaver cache hit, stream", streamed, False, False, 0),
+            # alternated twice: the two are compared by their best, measured side by side
+            ("conversation turns", turns, True, True, CONVERSATIONS),
+            ("turns, context window", windowed, True, True, CONVERSATIONS),
+            ("conversation turns (2)", turns, True, True, CONVERSATIONS),
+            ("turns, context window (2)", windowed, True, True, CONVERSATIONS),
         ]
         # The machine's speed drifts by tens of percent within a minute: every palaver row is
         # compared with the upstream measured just before it, under the same conditions.
         pairs: list[tuple[Result, Result]] = []
-        for name, body, unique, bypass in rows:
+        for name, body, unique, bypass, conversations in rows:
             _pin(servers[1], LOAD_CORE)
             _pin(servers[0], SERVER_CORE)
             direct = _wrk("upstream direct", up, plain, args, unique=False)
             _pin(servers[0], LOAD_CORE)
             _pin(servers[1], SERVER_CORE)
-            pairs.append((direct, _wrk(name, pal, body, args, unique=unique, bypass=bypass)))
+            measured = _wrk(name, pal, body, args, unique, bypass, conversations)
+            pairs.append((direct, measured))
     finally:
         for server in servers:
             server.send_signal(signal.SIGINT)
@@ -234,6 +285,12 @@ path = "{workdir / "bench.sqlite3"}"
             f"{r.name:26} {r.rps:9.0f} {direct.rps:9.0f} {ratio:6.2f}x"
             f" {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.errors:7d}"
         )
+    without = max(pairs[-4][1].rps, pairs[-2][1].rps)
+    with_window = max(pairs[-3][1].rps, pairs[-1][1].rps)
+    print(
+        f"context window on conversation turns: {with_window / without:.2f}x of the turns"
+        " without one (the best of two alternated runs each)"
+    )
     results = [r for pair in pairs for r in pair]
     return 1 if any(r.errors for r in results) else 0
 

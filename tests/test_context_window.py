@@ -73,7 +73,7 @@ def hold_dialogue(client: openai.OpenAI, upstream: Upstream, turns: int) -> list
         body = upstream.chat_requests[-1].body
         # the header counts the stored messages left out: all stored but those sent
         stored_before = 0 if turn == 0 else min(1 + 2 * turn, 50)
-        assert trimmed[-1] == stored_before - (len(body["messages"]) - 1)
+        assert trimmed[-1] == stored_before - (len(body["messages"]) - len(messages))
         assert prompt_tokens(body) + reply_room(body) <= WINDOW
         assert body["messages"][0] == {"role": "system", "content": SYSTEM}
         assert body["messages"][-1]["content"] == question(turn)
@@ -82,11 +82,12 @@ def hold_dialogue(client: openai.OpenAI, upstream: Upstream, turns: int) -> list
 
 @pytest.mark.parametrize("backend", ["sqlite", "memory", "redis"])
 def test_a_long_dialogue_keeps_its_system_prompt_within_the_window(
-    upstream: Upstream, tmp_path: Path, backend: str
+    upstream: Upstream, tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
     extra: dict[str, Any] = {}
     if backend == "redis":
-        extra["redis"] = {"url": redis_url_or_skip(), "key_prefix": f"ctx-{tmp_path.name}:"}
+        url = redis_url_or_skip()
+        extra["redis"] = {"url": url, "key_prefix": request.getfixturevalue("redis_prefix")}
     with start(upstream, tmp_path, backend, **extra) as url, sdk(url) as client:
         trimmed = hold_dialogue(client, upstream, 30)
         assert trimmed[:3] == [0, 0, 0]  # short at first: nothing left out
@@ -119,7 +120,9 @@ def test_an_oversized_message_is_refused_before_any_provider(
         hold_dialogue(client, upstream, 2)
         seen = len(upstream.chat_requests)
         huge = "Tell me everything about the ocean. " * 200
-        for extra in ({"extra_headers": {"X-Conversation-Id": "voyage"}}, {}):
+        named: Any = {"extra_headers": {"X-Conversation-Id": "voyage"}}
+        anonymous: Any = {}
+        for extra in (named, anonymous):
             with pytest.raises(openai.BadRequestError) as raised:
                 client.chat.completions.create(
                     model="small", messages=[{"role": "user", "content": huge}], **extra
@@ -165,9 +168,7 @@ def test_streamed_turns_trim_too(upstream: Upstream, tmp_path: Path) -> None:
         ) as response:
             assert int(response.headers["x-palaver-trimmed"]) > 0
             text = "".join(
-                chunk.choices[0].delta.content or ""
-                for chunk in response.parse()
-                if chunk.choices
+                chunk.choices[0].delta.content or "" for chunk in response.parse() if chunk.choices
             )
         assert text == f"[up1] {question(12)}"
         body = upstream.chat_requests[-1].body
@@ -197,7 +198,8 @@ def test_responses_truncation_auto_trims_and_disabled_refuses(
             body = upstream.chat_requests[-1].body
             assert prompt_tokens(body) + reply_room(body) <= WINDOW
             assert body["messages"][0] == {"role": "system", "content": SYSTEM}
-        assert trimmed[0] == 0 and trimmed[-1] > 0
+        assert trimmed[0] == 0
+        assert trimmed[-1] > 0
         seen = len(upstream.chat_requests)
         # the default, "disabled", as at OpenAI: a chain that does not fit is a 400
         with pytest.raises(openai.BadRequestError) as raised:

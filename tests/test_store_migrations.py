@@ -165,7 +165,7 @@ async def test_sqlite_file_of_schema_2_gains_token_counts(tmp_path: Path) -> Non
     path = tmp_path / "v2.sqlite3"
     db = sqlite3.connect(path)
     db.executescript(
-        TABLES
+        TABLES  # noqa: S608 - the test's own schema
         + """
         CREATE TABLE messages (
             seq INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL,

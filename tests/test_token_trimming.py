@@ -54,13 +54,13 @@ def test_fit_properties(case: tuple[list[Message], list[Message], int], limit: i
     messages = [*history, *request]
     budget = FakeBudget(available)
     own = sum(m["cost"] for m in request)
-    try:
-        sent, trimmed = fit(messages, limit, len(history), budget, "messages")
-    except InvalidRequest as exc:
-        # only when the request's own messages do not fit
-        assert own > available
-        assert exc.code == "context_length_exceeded" and exc.param == "messages"
+    if own > available:  # refused only when the request's own messages do not fit
+        with pytest.raises(InvalidRequest) as raised:
+            fit(messages, limit, len(history), budget, "messages")
+        assert raised.value.code == "context_length_exceeded"
+        assert raised.value.param == "messages"
         return
+    sent, trimmed = fit(messages, limit, len(history), budget, "messages")
     assert own <= available
     # the sent messages fit
     assert sum(m["cost"] for m in sent) <= available
@@ -98,12 +98,14 @@ def test_without_token_trimming_an_overflow_is_an_error(
     history, request, available = case
     messages = [*history, *request]
     total = sum(m["cost"] for m in messages)
-    try:
-        sent, trimmed = fit(messages, 1000, len(history), FakeBudget(available), "input", False)
-    except InvalidRequest as exc:
-        assert total > available and exc.param == "input"
+    if total > available:
+        with pytest.raises(InvalidRequest) as raised:
+            fit(messages, 1000, len(history), FakeBudget(available), "input", False)
+        assert raised.value.param == "input"
         return
-    assert total <= available and trimmed == 0 and sent == messages
+    sent, trimmed = fit(messages, 1000, len(history), FakeBudget(available), "input", False)
+    assert trimmed == 0
+    assert sent == messages
 
 
 def real_budget(window: int, reply: int = 0) -> Budget:
@@ -131,9 +133,12 @@ def test_merge_keeps_the_system_prompt_and_recent_turns_within_the_window() -> N
     if "assistant" not in roles:
         assert sent[-2]["content"].startswith("Question 39")
     kept_questions = [m["content"] for m in sent[1:-1] if m["role"] == "user"]
-    assert kept_questions == [m["content"] for m in history if m["role"] == "user"][
-        len(history) // 2 - len(kept_questions) :
-    ]
+    assert (
+        kept_questions
+        == [m["content"] for m in history if m["role"] == "user"][
+            len(history) // 2 - len(kept_questions) :
+        ]
+    )
     assert merged.new == [{"role": "user", "content": "And now?"}]
 
 

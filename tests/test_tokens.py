@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from palaver.tokens import Counter, ModelTable, built_in, get_encoding
+from palaver.tokens import Counter, ModelInfo, ModelTable, built_in, get_encoding
 from palaver.tokens.encodings import pattern, ranks, special_tokens
 from palaver.tokens.images import data_url_size, image_tokens, tile_tokens
 
@@ -117,7 +117,7 @@ def test_text_counts_match_the_cookbook(encoding: Any, text: str, expected: int)
 def test_encodings_are_tiktokens_own(name: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The regex and special tokens palaver builds with are those tiktoken's plugin gives,
     and the shipped file is the one it pins (the plugin's loader is only given our ranks)."""
-    from tiktoken_ext import openai_public
+    from tiktoken_ext import openai_public  # type: ignore[import-untyped]
 
     shipped = ranks(name)
     seen: list[str | None] = []
@@ -131,7 +131,8 @@ def test_encodings_are_tiktokens_own(name: Any, monkeypatch: pytest.MonkeyPatch)
     assert theirs["pat_str"] == pattern(name)
     assert theirs["special_tokens"] == special_tokens(name)
     assert len(shipped) == {"o200k_base": 199998, "cl100k_base": 100256}[name]
-    assert seen and seen[0] is not None
+    assert seen
+    assert seen[0] is not None
 
 
 OFFLINE = """
@@ -187,7 +188,9 @@ def test_messages_count_names_tool_calls_and_parts() -> None:
     assert counter.message(call) == expected
     image = {
         "role": "user",
-        "content": [{"type": "image_url", "image_url": {"url": "https://x/a.png", "detail": "low"}}],
+        "content": [
+            {"type": "image_url", "image_url": {"url": "https://x/a.png", "detail": "low"}}
+        ],
     }
     assert counter.message(image) == 3 + counter.text("user") + 85
 
@@ -195,7 +198,8 @@ def test_messages_count_names_tool_calls_and_parts() -> None:
 def _png(width: int, height: int) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     chunk = b"IHDR" + header
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    crc = struct.pack(">I", zlib.crc32(chunk))
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + crc
 
 
 def test_images_by_the_tile_rule() -> None:
@@ -206,16 +210,16 @@ def test_images_by_the_tile_rule() -> None:
     url = "data:image/png;base64," + base64.b64encode(_png(2048, 4096)).decode()
     assert data_url_size(url) == (2048, 4096)
     assert image_tokens(url, "auto") == 1105
-    gif = "data:image/gif;base64," + base64.b64encode(b"GIF89a" + struct.pack("<HH", 300, 200)).decode()
+    header = b"GIF89a" + struct.pack("<HH", 300, 200)
+    gif = "data:image/gif;base64," + base64.b64encode(header).decode()
     assert data_url_size(gif) == (300, 200)
     assert image_tokens("https://example.com/cat.jpg") == 765  # unseen: 1024x1024
     assert image_tokens("data:image/png;base64,not-base64!!") == 765
 
 
 def test_the_model_table() -> None:
-    assert built_in("gpt-4o") is not None and built_in("gpt-4o").context_window == 128_000
-    dated = built_in("gpt-4o-mini-2024-07-18")
-    assert dated is not None and dated.tokenizer == "o200k_base"
+    assert built_in("gpt-4o") == ModelInfo(128_000, "o200k_base")
+    assert built_in("gpt-4o-mini-2024-07-18") == ModelInfo(128_000, "o200k_base")
     assert built_in("gpt-4-0613").context_window == 8192  # type: ignore[union-attr]
     assert built_in("gpt-4-turbo-2024-04-09").context_window == 128_000  # type: ignore[union-attr]
     assert built_in("gpt-3.5-turbo-0125").tokenizer == "cl100k_base"  # type: ignore[union-attr]
@@ -224,8 +228,6 @@ def test_the_model_table() -> None:
     assert built_in("gpt-4omni") is None  # a prefix counts only before a separator
     assert built_in("my-local-model") is None
     table = ModelTable({"small": (2000, None), "gpt-4o": (None, "cl100k_base")})
-    small = table.lookup("small")
-    assert small is not None and (small.context_window, small.tokenizer) == (2000, "o200k_base")
-    gpt4o = table.lookup("gpt-4o")
-    assert gpt4o is not None and (gpt4o.context_window, gpt4o.tokenizer) == (128_000, "cl100k_base")
+    assert table.lookup("small") == ModelInfo(2000, "o200k_base")
+    assert table.lookup("gpt-4o") == ModelInfo(128_000, "cl100k_base")
     assert table.lookup("unknown") is None

@@ -160,3 +160,22 @@ def test_stored_counts_are_used_not_recounted() -> None:
     budget.learn(other, {"cl100k_base": 5}, "msg_2")  # another encoding's count: counted
     assert budget.cost(other) == Counter(get_encoding("o200k_base")).message(other)
     assert budget.counts([message]) == [{"o200k_base": 777}]
+
+
+async def test_a_stateless_request_that_surely_fits_is_not_counted() -> None:
+    """A request with no history and nothing to store, whose text is shorter in bytes than
+    the room left, cannot exceed the window (a token is at least a byte): no budget, no
+    tokenizer on the request path."""
+    from palaver.tokens import Budgets, ModelTable
+
+    budgets = Budgets(ModelTable({"tiny": (300, None)}), 100)
+    short = {"messages": [{"role": "user", "content": "Hello there"}]}
+    assert await budgets.open("tiny", short, stateless=True) is None
+    assert await budgets.open("unknown", short, stateless=False) is None
+    budget = await budgets.open("tiny", short, stateless=False)
+    assert budget is not None
+    assert budget.available == 300 - 100 - 3
+    long = {"messages": [{"role": "user", "content": "word " * 100}]}
+    assert await budgets.open("tiny", long, stateless=True) is not None
+    tools = {**short, "tools": [{"type": "function", "function": {"name": "f"}}]}
+    assert await budgets.open("tiny", tools, stateless=True) is not None

@@ -116,7 +116,16 @@ class ChatService:
         the model's context window; the turn, if the request continues a chat conversation,
         what stores the answer, and the headers that say what was trimmed."""
         budgets = self._budgets
-        budget = None if budgets is None else await budgets.open(call.request.model, call.payload)
+        stateless = (
+            call.state is None
+            and call.request.conversation is None
+            and call.conversation_header is None
+        )
+        budget = (
+            None
+            if budgets is None
+            else await budgets.open(call.request.model, call.payload, stateless)
+        )
         if call.state is not None:
             finish = _settling(await call.state.begin(call.payload, budget))
             trimmed = call.state.trimmed

@@ -140,14 +140,21 @@ class Budgets:
     def info(self, model: str) -> ModelInfo | None:
         return self._models.lookup(model)
 
-    async def open(self, model: str, payload: Json) -> Budget | None:
+    async def open(self, model: str, payload: Json, stateless: bool = False) -> Budget | None:
         """The budget of a request for ``model`` with chat ``payload``; None when palaver
-        knows no window for the model."""
+        knows no window for the model, or when a ``stateless`` request (no history, nothing
+        to store) surely fits without counting (then no tokenizer is even loaded)."""
         info = self._models.lookup(model)
         if info is None:
             return None
-        counter = self._counters.get(info.tokenizer) or await self._counter(info.tokenizer)
         reply = _reply_room(payload, self._reply_reserve)
+        if (
+            stateless
+            and not payload.get("tools")
+            and _surely_fit(payload["messages"], info.context_window - reply - REPLY_PRIMING)
+        ):
+            return None
+        counter = self._counters.get(info.tokenizer) or await self._counter(info.tokenizer)
         fixed = REPLY_PRIMING + counter.tools(payload.get("tools"))
         return Budget(counter, info.context_window, reply, fixed, self._items)
 

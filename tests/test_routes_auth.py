@@ -88,9 +88,10 @@ def test_unprefixed_alias_and_trailing_slash(palaver_url: str) -> None:
 
 
 def test_tenant_travels_with_the_request() -> None:
-    from palaver.app import Palaver, tenant_of
+    from palaver.app import Palaver
     from palaver.config import settings_from
+    from palaver.limits import tenant_of
 
     app = Palaver(settings_from({"server": {"api_keys": KEYS}}))
     scope = {"headers": [(b"authorization", b"Bearer sk-beta")]}
-    assert app._authenticate(scope) == tenant_of("sk-beta") != tenant_of("sk-alpha")
+    assert app._authenticate(scope).tenant == tenant_of("sk-beta") != tenant_of("sk-alpha")

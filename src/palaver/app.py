@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from palaver.asgi import (
     Send,
     header,
     send_error,
+    with_headers,
     without_body,
 )
 from palaver.cache import CacheBackend, MemoryCache
@@ -29,6 +29,8 @@ from palaver.conversations import Conversations
 from palaver.conversations.routes import ConversationHandlers
 from palaver.embeddings import EmbeddingHandlers
 from palaver.errors import MethodNotAllowed, NotFound, PalaverError, Unauthorized
+from palaver.limits import OPEN, Gate, Key, KeyRing, MemoryLimiter, RedisLimiter, tenant_of
+from palaver.limits.access import SCOPE_KEY
 from palaver.providers import build_router, new_session
 from palaver.redis_link import RedisLink
 from palaver.responses import Responses, ResponseStore
@@ -52,9 +54,35 @@ RESPONSE_PREFIXES = (("v1", "responses"), ("responses",))
 MODEL_PREFIXES = (("v1", "models"), ("models",))
 
 
-def tenant_of(key: str) -> str:
-    """A stable, non-secret identity for an API key."""
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+# Routes whose requests call a model: they count against a key's limits.
+LIMITED_PATHS = frozenset(
+    {"/v1/chat/completions", "/chat/completions", "/v1/responses", "/responses"}
+    | {"/v1/embeddings", "/embeddings"}
+)
+
+
+def key_ring(settings: Settings) -> KeyRing:
+    """``server.api_keys`` (no limits) and ``[[keys]]``."""
+    entries = [
+        (secret, Key(name=f"api-key-{index + 1}", tenant=tenant_of(secret)))
+        for index, secret in enumerate(settings.server.api_keys)
+    ]
+    for entry in settings.keys:
+        secret = entry.key or ""
+        entries.append(
+            (
+                secret,
+                Key(
+                    name=entry.name,
+                    tenant=tenant_of(secret),
+                    models=tuple(entry.models),
+                    rpm=entry.rpm,
+                    tpm=entry.tpm,
+                    max_parallel=entry.max_parallel,
+                ),
+            )
+        )
+    return KeyRing(entries)
 
 
 @dataclass(slots=True)
@@ -76,10 +104,8 @@ class Palaver:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._tenants = {
-            hashlib.sha256(key.encode()).digest(): tenant_of(key)
-            for key in settings.server.api_keys
-        }
+        self._keys = key_ring(settings)
+        self._gate: Gate | None = None
         self._runtime: _Runtime | None = None
         # Set off by the server when it stops (palaver.server): open streams end cleanly.
         self.drain = Drain(settings.server.shutdown_grace)
@@ -93,7 +119,11 @@ class Palaver:
 
     async def startup(self) -> None:
         settings = self.settings
-        uses_redis = "redis" in (settings.cache.backend, settings.conversations.backend)
+        uses_redis = "redis" in (
+            settings.cache.backend,
+            settings.conversations.backend,
+            settings.limits.backend,
+        )
         redis = settings.redis
         link = (
             RedisLink(
@@ -169,8 +199,23 @@ class Palaver:
                 )
         else:
             log.info("no provider configured: the built-in echo model answers every model name")
-        if self._tenants:
-            log.info("API keys required: %d configured", len(self._tenants))
+        window = settings.limits.window_seconds
+        if settings.limits.backend == "redis" and link is not None:
+            self._gate = Gate(RedisLimiter(link, window))
+        else:
+            self._gate = Gate(MemoryLimiter(window))
+        if self._keys:
+            log.info("API keys required: %d configured", len(self._keys))
+            for key in self._keys.all():
+                log.info(
+                    "key %s: models %s; rpm %s, tpm %s, max_parallel %s (%s limits)",
+                    key.name,
+                    ", ".join(key.models),
+                    key.rpm or "-",
+                    key.tpm or "-",
+                    key.max_parallel or "-",
+                    settings.limits.backend,
+                )
 
     async def shutdown(self) -> None:
         runtime, self._runtime = self._runtime, None
@@ -212,19 +257,19 @@ class Palaver:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    def _authenticate(self, scope: Scope) -> str:
-        if not self._tenants:
-            return ""
+    def _authenticate(self, scope: Scope) -> Key:
+        if not self._keys:
+            return OPEN
         value = header(scope, b"authorization")
         if value is None:
             raise Unauthorized(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."
             )
-        scheme, _, key = value.partition(b" ")
-        tenant = self._tenants.get(hashlib.sha256(key.strip()).digest())
-        if scheme.lower() != b"bearer" or tenant is None:
+        scheme, _, secret = value.partition(b" ")
+        key = self._keys.find(secret.strip())
+        if scheme.lower() != b"bearer" or key is None:
             raise Unauthorized("Incorrect API key provided.")
-        return tenant
+        return key
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         method: str = scope["method"]
@@ -250,8 +295,20 @@ class Palaver:
                     f"Method {method} is not allowed on {path}.",
                     headers=((b"allow", _allow(methods)),),
                 )
-            tenant = "" if path in PUBLIC_PATHS else self._authenticate(scope)
-            await handler(scope, receive, send, tenant)
+            key = OPEN if path in PUBLIC_PATHS else self._authenticate(scope)
+            scope[SCOPE_KEY] = key
+            admitted = None
+            if key.limited and self._gate is not None:
+                counted = path in LIMITED_PATHS and scope["method"] == "POST"
+                admitted = await self._gate.enter(scope, key, counted)
+            if admitted is None:
+                await handler(scope, receive, send, key.tenant)
+                return
+            send = with_headers(send, admitted.headers)  # errors below carry them too
+            try:
+                await handler(scope, receive, send, key.tenant)
+            finally:
+                await admitted.leave()
         except ClientDisconnected:
             log.info("client disconnected: its request was cancelled")
         except PalaverError as exc:

@@ -54,6 +54,19 @@ def without_body(send: Send) -> Send:
     return send_head
 
 
+def with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
+    """``send`` adding ``extra`` headers to the response's start."""
+    if not extra:
+        return send
+
+    async def send_with(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *extra]}
+        await send(message)
+
+    return send_with
+
+
 def header(scope: Scope, name: bytes) -> bytes | None:
     """A request header (lower-case name); the headers are indexed once per request."""
     indexed: dict[bytes, bytes] | None = scope.get("palaver.headers")

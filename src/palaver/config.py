@@ -97,12 +97,31 @@ class RedisSettings(Struct, forbid_unknown_fields=True, kw_only=True):
     pool_timeout: Seconds = 5.0  # wait for a free connection before failing the call
 
 
+class KeySettings(Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[[keys]]``: a named key with its models and limits (0 = no limit)."""
+
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}\Z")]
+    key: str | None = None
+    key_env: str | None = None
+    models: list[Annotated[str, Meta(min_length=1)]] = msgspec.field(default_factory=lambda: ["*"])
+    rpm: Annotated[int, Meta(ge=0)] = 0
+    tpm: Annotated[int, Meta(ge=0)] = 0
+    max_parallel: Annotated[int, Meta(ge=0)] = 0
+
+
+class LimitsSettings(Struct, forbid_unknown_fields=True, kw_only=True):
+    backend: Literal["memory", "redis"] = "memory"
+    window_seconds: Annotated[float, Meta(gt=0, le=3600)] = 60.0  # rpm and tpm count this
+
+
 class Settings(Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     providers: list[ProviderSettings] = []
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     conversations: ConversationSettings = msgspec.field(default_factory=ConversationSettings)
     models: dict[str, ModelSettings] = {}
+    keys: list[KeySettings] = []
+    limits: LimitsSettings = msgspec.field(default_factory=LimitsSettings)
     responses: ResponsesSettings = msgspec.field(default_factory=ResponsesSettings)
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
 
@@ -225,6 +244,7 @@ def settings_from(
     except msgspec.ValidationError as exc:
         raise ConfigError(_describe(exc, origin)) from None
     _check_api_keys(settings, origin)
+    _check_keys(settings, env)
     _check_providers(settings, env)
     return settings
 
@@ -295,6 +315,33 @@ def _check_api_keys(settings: Settings, origin: Mapping[str, str]) -> None:
             )
         keys.append(key.strip())
     settings.server.api_keys = keys
+
+
+def _check_keys(settings: Settings, env: Mapping[str, str]) -> None:
+    """Each ``[[keys]]`` entry: a unique name, one secret (trimmed, as incoming keys are)."""
+    names: set[str] = set()
+    secrets = set(settings.server.api_keys)
+    for index, entry in enumerate(settings.keys):
+        where = f"keys[{index}]"
+        if entry.name in names:
+            raise ConfigError(f"{where}.name: duplicate key name {entry.name!r}")
+        names.add(entry.name)
+        if (entry.key is None) == (entry.key_env is None):
+            raise ConfigError(f"{where}: give exactly one of key and key_env")
+        if entry.key_env is not None:
+            value = env.get(entry.key_env)
+            if not value or not value.strip():
+                raise ConfigError(
+                    f"{where}.key_env: environment variable {entry.key_env} is not set"
+                )
+            entry.key = value
+        secret = (entry.key or "").strip()
+        if not secret:
+            raise ConfigError(f"{where}.key: empty key (blank after trimming spaces)")
+        if secret in secrets:
+            raise ConfigError(f"{where}.key: the same secret is configured twice")
+        secrets.add(secret)
+        entry.key = secret
 
 
 def _check_providers(settings: Settings, env: Mapping[str, str]) -> None:

@@ -20,6 +20,7 @@ from palaver.asgi import (
     send_json,
 )
 from palaver.errors import MethodNotAllowed, NotFound, ShuttingDown, UnsupportedMediaType
+from palaver.limits import key_of, pass_of
 from palaver.protocol import model_list, parse_chat_request
 from palaver.providers import ProviderRouter
 from palaver.server import Drain
@@ -88,12 +89,15 @@ class Handlers:
         check_json(scope)
         body = await read_body(scope, receive, self._max_body)
         request, payload = parse_chat_request(body)
+        key_of(scope).check_model(request.model)
+        admitted = pass_of(scope)
         call = ChatCall(
             request,
             payload,
             tenant,
             header(scope, b"x-conversation-id"),
             header(scope, b"cache-control"),
+            on_usage=None if admitted is None else admitted.record,
         )
         if not request.stream:
             async with CancelOnDisconnect(receive):
@@ -115,7 +119,8 @@ class Handlers:
                 await stream.events.aclose()
 
     async def models(self, scope: Scope, receive: Receive, send: Send, tenant: str) -> None:
-        models = await self._router.list_models()
+        key = key_of(scope)
+        models = [(m, owner) for m, owner in await self._router.list_models() if key.allows(m)]
         await send_json(send, 200, orjson.dumps(model_list(models)))
 
     async def model(self, scope: Scope, receive: Receive, send: Send, tenant: str) -> None:
@@ -124,6 +129,8 @@ class Handlers:
             raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {scope['path']}.")
         name = unquote(scope["path"].split("/models/", 1)[1])
         owner = await self._router.listed_owner(name) if name else None
+        if not key_of(scope).allows(name):
+            owner = None  # a key sees only the models it may use
         if owner is None:
             raise NotFound(
                 f"The model '{name}' does not exist or no provider serves it.",

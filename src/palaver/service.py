@@ -29,6 +29,7 @@ T = TypeVar("T")
 
 Headers = list[tuple[bytes, bytes]]
 Finish = Callable[[Json], Awaitable[bool]]  # stores a turn, given the completion
+OnUsage = Callable[[object], Awaitable[None]]  # counts an answer's usage against its key
 
 HIT = (b"x-cache", b"HIT")
 MISS = (b"x-cache", b"MISS")
@@ -55,6 +56,7 @@ class ChatCall:
     conversation_header: bytes | None = None  # X-Conversation-Id, as sent
     cache_control: bytes | None = None  # Cache-Control, as sent
     state: CallState | None = None  # instead of the chat conversation stage
+    on_usage: OnUsage | None = None  # the provider's usage of an answer made for this call
 
     @property
     def include_usage(self) -> bool:
@@ -202,6 +204,8 @@ class ChatService:
                 flight.leave()
             body, status = ({**completion}, MISS) if leads else (_fresh(completion), HIT)
         assert body is not None
+        if call.on_usage is not None and status is not HIT:
+            await call.on_usage(body.get("usage"))
         headers = [status, *trimmed]
         if finish is not None and await finish(body) and turn is not None:
             body["conversation"] = turn.conversation_id
@@ -232,7 +236,8 @@ class ChatService:
             flight.leave()
             raise
         headers.append(BYPASS if cached is None else MISS if leads else HIT)
-        return ChatStream(_follow(flight, call.include_usage, finish), headers)
+        on_usage = call.on_usage if leads else None
+        return ChatStream(_follow(flight, call.include_usage, finish, on_usage), headers)
 
 
 def _settling(finish: Finish) -> Finish:
@@ -272,7 +277,7 @@ async def settled(write: Awaitable[T]) -> T:
 
 
 async def _follow(
-    flight: Flight, include_usage: bool, finish: Finish | None
+    flight: Flight, include_usage: bool, finish: Finish | None, on_usage: OnUsage | None = None
 ) -> AsyncGenerator[bytes, None]:
     """Relay a flight; a failure after the first chunk ends the stream with an error event.
     ``finish`` stores the turn once the stream is complete, before ``[DONE]``."""
@@ -281,6 +286,8 @@ async def _follow(
             yield data
         if finish is not None and flight.completion is not None:
             await finish(flight.completion)
+        if on_usage is not None and flight.completion is not None:
+            await on_usage(flight.completion.get("usage"))
     except PalaverError as exc:
         log.warning("stream failed: %s", exc.message)
         yield error_event(exc)

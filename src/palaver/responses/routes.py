@@ -25,6 +25,7 @@ from palaver.asgi import (
 )
 from palaver.conversations.routes import paginate, query_of
 from palaver.errors import NotFound, PalaverError, ShuttingDown
+from palaver.limits import key_of, pass_of
 from palaver.protocol import ChatRequest, StreamOptions
 from palaver.responses.events import EventStream
 from palaver.responses.request import parse_response_request
@@ -71,6 +72,8 @@ class ResponseHandlers:
     async def create(self, scope: Scope, receive: Receive, send: Send, tenant: str) -> None:
         check_json(scope)
         translation = parse_response_request(await read_body(scope, receive, self._max_body))
+        key_of(scope).check_model(translation.request.model)
+        admitted = pass_of(scope)
         turn = self._responses.turn(tenant, translation)
         streaming = bool(translation.request.stream)
         request = ChatRequest(
@@ -85,6 +88,7 @@ class ResponseHandlers:
             tenant,
             cache_control=header(scope, b"cache-control"),
             state=turn,
+            on_usage=None if admitted is None else admitted.record,
         )
         if not streaming:
             async with CancelOnDisconnect(receive):

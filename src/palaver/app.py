@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 import aiohttp
+import orjson
 
 from palaver.asgi import (
     ClientDisconnected,
@@ -18,7 +19,7 @@ from palaver.asgi import (
     Scope,
     Send,
     header,
-    send_error,
+    send_json,
     with_headers,
     without_body,
 )
@@ -31,6 +32,8 @@ from palaver.embeddings import EmbeddingHandlers
 from palaver.errors import MethodNotAllowed, NotFound, PalaverError, Unauthorized
 from palaver.limits import OPEN, Gate, Key, KeyRing, MemoryLimiter, RedisLimiter, tenant_of
 from palaver.limits.access import SCOPE_KEY
+from palaver.observability import RequestContext, access_line, current, request_id
+from palaver.observability.http import observed
 from palaver.providers import build_router, new_session
 from palaver.redis_link import RedisLink
 from palaver.responses import Responses, ResponseStore
@@ -105,6 +108,7 @@ class Palaver:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._keys = key_ring(settings)
+        self._access_log = settings.server.access_log
         self._gate: Gate | None = None
         self._runtime: _Runtime | None = None
         # Set off by the server when it stops (palaver.server): open streams end cleanly.
@@ -272,6 +276,19 @@ class Palaver:
         return key
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        context = RequestContext(request_id(header(scope, b"x-request-id")))
+        context.route = f"{scope['method']} {scope['path']}"
+        token = current.set(context)
+        try:
+            await self._serve(scope, receive, observed(send, context), context)
+        finally:
+            if self._access_log:
+                access_line(context)
+            current.reset(token)
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, context: RequestContext
+    ) -> None:
         method: str = scope["method"]
         if method == "HEAD":  # answered as a GET would be (404s included), without the body
             send = without_body(send)
@@ -297,6 +314,7 @@ class Palaver:
                 )
             key = OPEN if path in PUBLIC_PATHS else self._authenticate(scope)
             scope[SCOPE_KEY] = key
+            context.key = key.name if key is not OPEN else None
             admitted = None
             if key.limited and self._gate is not None:
                 counted = path in LIMITED_PATHS and scope["method"] == "POST"
@@ -312,17 +330,20 @@ class Palaver:
         except ClientDisconnected:
             log.info("client disconnected: its request was cancelled")
         except PalaverError as exc:
-            await self._try_send(send, exc)
+            await self._try_send(send, exc, context)
         except Exception:
             log.exception("request failed")
             await self._try_send(
-                send, PalaverError("The server had an error processing the request.")
+                send, PalaverError("The server had an error processing the request."), context
             )
 
     @staticmethod
-    async def _try_send(send: Send, error: PalaverError) -> None:
+    async def _try_send(send: Send, error: PalaverError, context: RequestContext) -> None:
+        body = error.to_dict()
+        if error.status >= 500:  # what to quote when reporting it
+            body["error"]["message"] = f"{error.message} (request id {context.id})"
         try:
-            await send_error(send, error)
+            await send_json(send, error.status, orjson.dumps(body), list(error.headers))
         except Exception:  # the response had already started, or the client is gone
             log.debug("could not send the error response", exc_info=True)
 

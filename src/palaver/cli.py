@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.config
 import os
 import sys
 import urllib.request
@@ -14,9 +15,8 @@ from typing import Any
 import uvicorn
 
 from palaver.config import ConfigError, Settings, load_settings
+from palaver.observability.logs import logging_config
 from palaver.server import uvicorn_options
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,9 +65,10 @@ def app_from_env() -> Any:
     """Factory for worker and reload processes: settings come from the environment."""
     from palaver.app import create_app
 
-    level = os.environ.get("PALAVER_LOG_LEVEL", "info").upper()
-    logging.basicConfig(level=level, format=LOG_FORMAT)
-    return create_app(load_settings())
+    level = os.environ.get("PALAVER_LOG_LEVEL", "info")
+    settings = load_settings()
+    logging.config.dictConfig(logging_config(settings.server.log_format, level))
+    return create_app(settings)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -77,12 +78,14 @@ def serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"palaver: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    log_config = logging_config(settings.server.log_format, args.log_level)
+    logging.config.dictConfig(log_config)
     server = settings.server
     options: dict[str, Any] = {
         "host": server.host,
         "port": server.port,
-        "access_log": server.access_log,
+        "access_log": False,  # palaver writes its own (server.access_log), with its fields
+        "log_config": log_config,
         "log_level": args.log_level,
         **uvicorn_options(server),
     }

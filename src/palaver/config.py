@@ -34,7 +34,8 @@ class ServerSettings(Struct, forbid_unknown_fields=True, kw_only=True):
     workers: Annotated[int, Meta(ge=1, le=256)] = 1
     api_keys: list[str] = []  # trimmed, as incoming keys are; a blank one is an error
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 8 * 1024 * 1024
-    access_log: bool = False
+    access_log: bool = False  # one line per request, with its fields (CONTRACT §10)
+    log_format: Literal["text", "json"] = "text"
     # Slow and oversized clients (see palaver.server): 408 / 431 and the connection closed.
     header_timeout: Seconds = 10.0  # a request's line and headers, from its first byte
     body_idle_timeout: Seconds = 10.0  # the longest pause within a body

@@ -20,6 +20,7 @@ from palaver.asgi import CancelOnDisconnect, Receive, Scope, Send, header, read_
 from palaver.cache import CacheBackend, CacheUnavailable, Policy, cache_key, policy_of
 from palaver.errors import InvalidRequest
 from palaver.limits import key_of, pass_of
+from palaver.observability import note_model, note_usage
 from palaver.protocol import Json, describe_validation_error, parse_json_object
 from palaver.providers import ProviderRouter
 from palaver.routes import check_json
@@ -110,9 +111,11 @@ class EmbeddingHandlers:
     async def create(self, scope: Scope, receive: Receive, send: Send, tenant: str) -> None:
         check_json(scope)
         payload = parse_embedding_request(await read_body(scope, receive, self._max_body))
+        note_model(payload["model"])
         key_of(scope).check_model(payload["model"])
         async with CancelOnDisconnect(receive):
             body, headers = await self._answer(payload, tenant, header(scope, b"cache-control"))
+        note_usage(body.get("usage"))
         admitted = pass_of(scope)
         if admitted is not None and (b"x-cache", b"HIT") not in headers:
             await admitted.record(body.get("usage"))

@@ -21,6 +21,7 @@ from palaver.asgi import (
 )
 from palaver.errors import MethodNotAllowed, NotFound, ShuttingDown, UnsupportedMediaType
 from palaver.limits import key_of, pass_of
+from palaver.observability import note_model
 from palaver.protocol import model_list, parse_chat_request
 from palaver.providers import ProviderRouter
 from palaver.server import Drain
@@ -89,6 +90,7 @@ class Handlers:
         check_json(scope)
         body = await read_body(scope, receive, self._max_body)
         request, payload = parse_chat_request(body)
+        note_model(request.model)
         key_of(scope).check_model(request.model)
         admitted = pass_of(scope)
         call = ChatCall(

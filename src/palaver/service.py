@@ -19,6 +19,7 @@ from palaver.cache.flights import Flight, Flights
 from palaver.conversations import Conversations, Turn, reply_message
 from palaver.conversations.priority import arrange
 from palaver.errors import PalaverError
+from palaver.observability import note_usage
 from palaver.protocol import ChatRequest, Json, completion_id, now
 from palaver.providers import ProviderRouter
 from palaver.streaming import DONE, encode_event, error_event, replay_chunks
@@ -204,6 +205,7 @@ class ChatService:
                 flight.leave()
             body, status = ({**completion}, MISS) if leads else (_fresh(completion), HIT)
         assert body is not None
+        note_usage(body.get("usage"))
         if call.on_usage is not None and status is not HIT:
             await call.on_usage(body.get("usage"))
         headers = [status, *trimmed]
@@ -286,8 +288,10 @@ async def _follow(
             yield data
         if finish is not None and flight.completion is not None:
             await finish(flight.completion)
-        if on_usage is not None and flight.completion is not None:
-            await on_usage(flight.completion.get("usage"))
+        if flight.completion is not None:
+            note_usage(flight.completion.get("usage"))
+            if on_usage is not None:
+                await on_usage(flight.completion.get("usage"))
     except PalaverError as exc:
         log.warning("stream failed: %s", exc.message)
         yield error_event(exc)

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from palaver.errors import NotFound, UpstreamError, UpstreamStatus
+from palaver.observability.context import note_provider
 from palaver.protocol import Json
 from palaver.providers.base import ChunkStream, Provider
 
@@ -99,9 +100,11 @@ class ProviderRouter:
             )
         failure: UpstreamError | None = None
         for provider in providers:
+            started = time.perf_counter()
             try:
                 result = await call(provider)
             except UpstreamError as exc:
+                note_provider(provider.name, time.perf_counter() - started)
                 not_here = wildcard and isinstance(exc, UpstreamStatus) and exc.status == 404
                 if not (exc.retryable or not_here):
                     raise
@@ -110,6 +113,7 @@ class ProviderRouter:
                 log.warning("provider %s failed: %s", provider.name, exc.message)
                 failure = exc
                 continue
+            note_provider(provider.name, time.perf_counter() - started)
             if self._cool_until:
                 self._cool_until.pop(provider.name, None)
             return result

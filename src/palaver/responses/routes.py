@@ -26,6 +26,7 @@ from palaver.asgi import (
 from palaver.conversations.routes import paginate, query_of
 from palaver.errors import NotFound, PalaverError, ShuttingDown
 from palaver.limits import key_of, pass_of
+from palaver.observability import note_model
 from palaver.protocol import ChatRequest, StreamOptions
 from palaver.responses.events import EventStream
 from palaver.responses.request import parse_response_request
@@ -72,6 +73,7 @@ class ResponseHandlers:
     async def create(self, scope: Scope, receive: Receive, send: Send, tenant: str) -> None:
         check_json(scope)
         translation = parse_response_request(await read_body(scope, receive, self._max_body))
+        note_model(translation.request.model)
         key_of(scope).check_model(translation.request.model)
         admitted = pass_of(scope)
         turn = self._responses.turn(tenant, translation)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from palaver.embeddings import EmbeddingHandlers
 from palaver.errors import MethodNotAllowed, NotFound, PalaverError, Unauthorized
 from palaver.limits import OPEN, Gate, Key, KeyRing, MemoryLimiter, RedisLimiter, tenant_of
 from palaver.limits.access import SCOPE_KEY
-from palaver.observability import RequestContext, access_line, current, request_id
+from palaver.observability import RequestContext, access_line, current, metrics, request_id
 from palaver.observability.http import observed
 from palaver.providers import build_router, new_session
 from palaver.redis_link import RedisLink
@@ -50,7 +51,16 @@ log = logging.getLogger("palaver")
 
 Handler = Callable[[Scope, Receive, Send, str], Awaitable[None]]
 
-PUBLIC_PATHS = frozenset({"/health"})
+PUBLIC_PATHS = frozenset({"/health", "/metrics"})  # /metrics checks the admin key itself
+_TEMPLATE_WORDS = frozenset({"v1", "conversations", "items", "responses", "input_items", "models"})
+
+
+def route_template(path: str) -> str:
+    """A path as a metrics label: ids become ``{id}`` (``/v1/conversations/{id}/items``)."""
+    parts = [p if p in _TEMPLATE_WORDS else "{id}" for p in path.strip("/").split("/")]
+    return "/" + "/".join(parts[:5])
+
+
 # Routes with parameters, by their leading path segments.
 CONVERSATION_PREFIXES = (("v1", "conversations"), ("conversations",))
 RESPONSE_PREFIXES = (("v1", "responses"), ("responses",))
@@ -165,6 +175,7 @@ class Palaver:
             "/v1/models": models,
             "/models": models,
             "/health": {"GET": handlers.health},
+            "/metrics": {"GET": self._metrics},
         }
         idle_ttl = settings.conversations.idle_ttl_seconds
         sweeper = None
@@ -203,6 +214,7 @@ class Palaver:
                 )
         else:
             log.info("no provider configured: the built-in echo model answers every model name")
+        metrics.enabled = settings.server.metrics
         window = settings.limits.window_seconds
         if settings.limits.backend == "redis" and link is not None:
             self._gate = Gate(RedisLimiter(link, window))
@@ -221,7 +233,27 @@ class Palaver:
                     settings.limits.backend,
                 )
 
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send, tenant: str) -> None:
+        """``GET /metrics``: Prometheus text, every worker's (admin key required if set)."""
+        server = self.settings.server
+        if not server.metrics:
+            raise NotFound("Metrics are turned off (server.metrics = false).", code="unknown_url")
+        if server.admin_key:
+            value = header(scope, b"authorization") or b""
+            scheme, _, secret = value.partition(b" ")
+            expected = server.admin_key.encode()
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(secret.strip(), expected):
+                raise Unauthorized("/metrics needs 'Authorization: Bearer <server.admin_key>'.")
+        elif self._keys:
+            raise Unauthorized("/metrics is closed: set server.admin_key to read it.")
+        body = metrics.scrape()
+        headers = [(b"content-type", metrics.CONTENT_TYPE)]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
     async def shutdown(self) -> None:
+        metrics.process_exited()
         runtime, self._runtime = self._runtime, None
         if runtime is not None:
             if runtime.sweeper is not None:
@@ -284,6 +316,10 @@ class Palaver:
         finally:
             if self._access_log:
                 access_line(context)
+            if metrics.enabled:
+                metrics.request_done(context, context.template)
+                if context.streaming:
+                    metrics.stream_ended()
             current.reset(token)
 
     async def _serve(
@@ -300,8 +336,11 @@ class Palaver:
             raw_path: bytes | None = scope.get("raw_path")
             path = raw_path.decode("latin-1") if raw_path else scope["path"]
             methods: Mapping[str, Handler] | None = runtime.routes.get(path)
+            context.template = path if methods is not None else "other"
             if methods is None:
                 path, methods = _resolve(runtime, path)
+                if methods is not None:
+                    context.template = route_template(path)
                 if methods is None:
                     raise NotFound(
                         f"Unknown request URL: {scope['method']} {path}.", code="unknown_url"

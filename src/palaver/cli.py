@@ -7,6 +7,7 @@ import logging
 import logging.config
 import os
 import sys
+import tempfile
 import urllib.request
 from collections.abc import Sequence
 from importlib import metadata
@@ -89,6 +90,14 @@ def serve(args: argparse.Namespace) -> int:
         "log_level": args.log_level,
         **uvicorn_options(server),
     }
+    if server.workers > 1:  # one /metrics for all: the workers share a samples directory
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
+            prefix="palaver-metrics-"
+        )
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        from palaver.observability.metrics import prepare_directory
+
+        prepare_directory(directory)
     if args.reload or server.workers > 1:
         # Child processes rebuild the settings from the environment; flags travel through it.
         if args.config:

@@ -36,6 +36,8 @@ class ServerSettings(Struct, forbid_unknown_fields=True, kw_only=True):
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 8 * 1024 * 1024
     access_log: bool = False  # one line per request, with its fields (CONTRACT §10)
     log_format: Literal["text", "json"] = "text"
+    admin_key: str = ""  # protects /metrics; env PALAVER_ADMIN_KEY
+    metrics: bool = True  # false: nothing recorded, /metrics answers 404
     # Slow and oversized clients (see palaver.server): 408 / 431 and the connection closed.
     header_timeout: Seconds = 10.0  # a request's line and headers, from its first byte
     body_idle_timeout: Seconds = 10.0  # the longest pause within a body
@@ -145,6 +147,7 @@ ENV_KEYS: dict[str, str] = {
     "PORT": "server.port",
     "PALAVER_WORKERS": "server.workers",
     "PALAVER_API_KEYS": "server.api_keys",
+    "PALAVER_ADMIN_KEY": "server.admin_key",
     "REDIS_URL": "redis.url",
 }
 ENV_PREFIX = "PALAVER_"  # PALAVER_CACHE__TTL_SECONDS=60 sets cache.ttl_seconds

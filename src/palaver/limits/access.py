@@ -13,7 +13,8 @@ from typing import Any, Protocol
 
 from palaver.asgi import Scope
 from palaver.limits.keys import OPEN, Key
-from palaver.limits.window import Headers, Usage, headers
+from palaver.limits.window import Headers, RateLimited, Usage, headers
+from palaver.observability import metrics
 
 log = logging.getLogger("palaver.limits")
 SCOPE_KEY = "palaver.key"
@@ -79,7 +80,13 @@ class Gate:
         if not key.limited:
             return None
         request_id = secrets.token_hex(8)
-        usage = await self.limiter.admit(key, request_id, counted)
+        try:
+            usage = await self.limiter.admit(key, request_id, counted)
+        except RateLimited as refused:
+            metrics.rate_limited(key.name, refused.limit)
+            raise
+        if usage is None and counted:
+            metrics.rate_limited(key.name, "unavailable")
         admitted = Pass(key, self.limiter, request_id, counted)
         if usage is not None:
             admitted.headers = headers(key, usage)

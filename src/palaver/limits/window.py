@@ -36,6 +36,7 @@ class Usage:
 class RateLimited(PalaverError):
     status = 429
     code = "rate_limit_exceeded"
+    limit = ""  # which: "rpm", "tpm" or "max_parallel"
 
 
 def headers(key: Key, usage: Usage) -> Headers:
@@ -71,9 +72,11 @@ def refusal(key: Key, limit: str, usage: Usage) -> RateLimited:
             f"Limit {key.max_parallel}, In flight {usage.in_flight}"
         )
     retry = max(1, math.ceil(wait))
-    return RateLimited(
+    refused = RateLimited(
         f"Rate limit reached for {what}, on key '{key.name}'. Please try again in "
         f"{duration(wait) if wait > 0 else '1s'}.",
         type=kind,
         headers=((b"retry-after", str(retry).encode()), *headers(key, usage)),
     )
+    refused.limit = limit
+    return refused

@@ -19,7 +19,9 @@ _SANE_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
 @dataclass(slots=True)
 class RequestContext:
     id: str
-    route: str = ""
+    route: str = ""  # "POST /v1/chat/completions", as asked
+    template: str = "other"  # the route's template, for metrics labels
+    streaming: bool = False
     started: float = field(default_factory=time.perf_counter)
     provider_seconds: float = 0.0  # waiting for providers (to the answer or a stream's start)
     model: str | None = None

@@ -4,6 +4,7 @@ every response, and what its start says (status, cache, conversation) noted for 
 from __future__ import annotations
 
 from palaver.asgi import Message, Send
+from palaver.observability import metrics
 from palaver.observability.context import RequestContext
 
 
@@ -13,7 +14,11 @@ def observed(send: Send, context: RequestContext) -> Send:
             headers = list(message.get("headers", ()))
             context.status = int(message["status"])
             for name, value in headers:
-                if name == b"x-cache":
+                if name == b"content-type" and value.startswith(b"text/event-stream"):
+                    context.streaming = True
+                    if metrics.enabled:
+                        metrics.stream_started(context)
+                elif name == b"x-cache":
                     context.cache = value.decode("latin-1")
                 elif name == b"x-conversation-id":
                     context.conversation = value.decode("latin-1")

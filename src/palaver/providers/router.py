@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from palaver.errors import NotFound, UpstreamError, UpstreamStatus
+from palaver.observability import metrics
 from palaver.observability.context import note_provider
 from palaver.protocol import Json
 from palaver.providers.base import ChunkStream, Provider
@@ -105,6 +106,7 @@ class ProviderRouter:
                 result = await call(provider)
             except UpstreamError as exc:
                 note_provider(provider.name, time.perf_counter() - started)
+                metrics.upstream_error(provider.name, exc)
                 not_here = wildcard and isinstance(exc, UpstreamStatus) and exc.status == 404
                 if not (exc.retryable or not_here):
                     raise

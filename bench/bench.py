@@ -193,7 +193,7 @@ def main() -> int:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
 
-    up_port, palaver_port = free_port(), free_port()
+    up_port, palaver_port, quiet_port = free_port(), free_port(), free_port()
     workdir = Path(tempfile.mkdtemp(prefix="palaver-bench-"))
     config = workdir / "bench.toml"
     config.write_text(
@@ -227,10 +227,21 @@ context_window = 32768
             cwd=workdir,
             env=env,
         ),
+        subprocess.Popen(  # the same with metrics off, to measure what they cost
+            [*PALAVER, "--port", str(quiet_port), "--config", str(config)],
+            cwd=workdir,
+            env={
+                **env,
+                "PALAVER_SERVER__METRICS": "false",
+                "PALAVER_CONVERSATIONS__PATH": str(workdir / "quiet.sqlite3"),
+            },
+        ),
     ]
     try:
         _wait_healthy(f"http://127.0.0.1:{up_port}/v1/models", servers[0])
         _wait_healthy(f"http://127.0.0.1:{palaver_port}/health", servers[1])
+        _wait_healthy(f"http://127.0.0.1:{quiet_port}/health", servers[2])
+        quiet = f"http://127.0.0.1:{quiet_port}/v1/chat/completions"
         plain = {"model": "bench-model", "messages": MESSAGES}
         streamed = {**plain, "stream": True}
         up = f"http://127.0.0.1:{up_port}/v1/chat/completions"
@@ -249,17 +260,24 @@ context_window = 32768
             ("turns, context window", windowed, True, True, CONVERSATIONS),
             ("conversation turns (2)", turns, True, True, CONVERSATIONS),
             ("turns, context window (2)", windowed, True, True, CONVERSATIONS),
+            # metrics on and off, alternated twice like the turns
+            ("relay, metrics on", plain, True, True, 0),
+            ("relay, metrics off", plain, True, True, 0),
+            ("relay, metrics on (2)", plain, True, True, 0),
+            ("relay, metrics off (2)", plain, True, True, 0),
         ]
         # The machine's speed drifts by tens of percent within a minute: every palaver row is
         # compared with the upstream measured just before it, under the same conditions.
         pairs: list[tuple[Result, Result]] = []
         for name, body, unique, bypass, conversations in rows:
-            _pin(servers[1], LOAD_CORE)
+            server, target = (servers[2], quiet) if "metrics off" in name else (servers[1], pal)
+            for other in servers[1:]:
+                _pin(other, LOAD_CORE)
             _pin(servers[0], SERVER_CORE)
             direct = _wrk("upstream direct", up, plain, args, unique=False)
             _pin(servers[0], LOAD_CORE)
-            _pin(servers[1], SERVER_CORE)
-            measured = _wrk(name, pal, body, args, unique, bypass, conversations)
+            _pin(server, SERVER_CORE)
+            measured = _wrk(name, target, body, args, unique, bypass, conversations)
             pairs.append((direct, measured))
     finally:
         for server in servers:
@@ -285,11 +303,17 @@ context_window = 32768
             f"{r.name:26} {r.rps:9.0f} {direct.rps:9.0f} {ratio:6.2f}x"
             f" {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.errors:7d}"
         )
-    without = max(pairs[-4][1].rps, pairs[-2][1].rps)
-    with_window = max(pairs[-3][1].rps, pairs[-1][1].rps)
+    best = {r.name.removesuffix(" (2)"): 0.0 for _, r in pairs}
+    for _, r in pairs:
+        best[r.name.removesuffix(" (2)")] = max(best[r.name.removesuffix(" (2)")], r.rps)
+    without, with_window = best["conversation turns"], best["turns, context window"]
     print(
         f"context window on conversation turns: {with_window / without:.2f}x of the turns"
         " without one (the best of two alternated runs each)"
+    )
+    print(
+        f"metrics on the relay: {best['relay, metrics on'] / best['relay, metrics off']:.2f}x"
+        " of the relay with metrics off (the best of two alternated runs each)"
     )
     results = [r for pair in pairs for r in pair]
     return 1 if any(r.errors for r in results) else 0

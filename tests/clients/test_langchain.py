@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
@@ -37,6 +38,9 @@ def clock() -> str:
 @contextmanager
 def chat(gateway: Gateway, model: str, conversation: str | None = None) -> Iterator[ChatOpenAI]:
     headers = {"X-Conversation-Id": conversation} if conversation else None
+    # A client of its own: LangChain's default one is shared (cached by base URL and timeout),
+    # so closing it would break a later test whose gateway got the same port.
+    http_client = httpx.Client(timeout=20)
     llm = ChatOpenAI(
         base_url=gateway.base_url,
         api_key=API_KEY,  # type: ignore[arg-type]  # a SecretStr at heart; str is accepted
@@ -44,11 +48,12 @@ def chat(gateway: Gateway, model: str, conversation: str | None = None) -> Itera
         default_headers=headers,
         max_retries=0,
         timeout=20,
+        http_client=http_client,
     )
     try:
         yield llm
     finally:
-        llm.root_client.close()  # its keep-alive connections would hold palaver's shutdown
+        http_client.close()  # its keep-alive connections would hold palaver's shutdown
 
 
 def call(llm: Any, messages: list[BaseMessage], streaming: bool) -> AIMessage:

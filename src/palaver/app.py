@@ -29,6 +29,7 @@ from palaver.cache.redis import RedisCache
 from palaver.config import Settings, load_settings
 from palaver.conversations import Conversations
 from palaver.conversations.routes import ConversationHandlers
+from palaver.cors import Cors
 from palaver.embeddings import EmbeddingHandlers
 from palaver.errors import MethodNotAllowed, NotFound, PalaverError, Unauthorized
 from palaver.limits import OPEN, Gate, Key, KeyRing, MemoryLimiter, RedisLimiter, tenant_of
@@ -119,6 +120,8 @@ class Palaver:
         self.settings = settings
         self._keys = key_ring(settings)
         self._access_log = settings.server.access_log
+        origins = settings.server.cors_origins
+        self._cors = Cors(origins) if origins else None
         self._gate: Gate | None = None
         self._runtime: _Runtime | None = None
         # Set off by the server when it stops (palaver.server): open streams end cleanly.
@@ -326,6 +329,17 @@ class Palaver:
         self, scope: Scope, receive: Receive, send: Send, context: RequestContext
     ) -> None:
         method: str = scope["method"]
+        if self._cors is not None:
+            origin = header(scope, b"origin")
+            requested = header(scope, b"access-control-request-method")
+            if method == "OPTIONS" and origin is not None and requested is not None:
+                status, headers = self._cors.preflight(
+                    origin, header(scope, b"access-control-request-headers")
+                )
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": b""})
+                return
+            send = self._cors.wrap(send, origin)
         if method == "HEAD":  # answered as a GET would be (404s included), without the body
             send = without_body(send)
             scope = {**scope, "method": "GET"}

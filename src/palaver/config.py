@@ -37,6 +37,8 @@ class ServerSettings(Struct, forbid_unknown_fields=True, kw_only=True):
     access_log: bool = False  # one line per request, with its fields (CONTRACT §10)
     log_format: Literal["text", "json"] = "text"
     admin_key: str = ""  # protects /metrics; env PALAVER_ADMIN_KEY
+    # browser origins allowed (CORS), e.g. ["http://localhost:5173"] or ["*"]; none by default
+    cors_origins: list[Annotated[str, Meta(pattern=r"^(\*|https?://[^/\s]+/?)\Z")]] = []
     metrics: bool = True  # false: nothing recorded, /metrics answers 404
     # Slow and oversized clients (see palaver.server): 408 / 431 and the connection closed.
     header_timeout: Seconds = 10.0  # a request's line and headers, from its first byte

@@ -12,6 +12,7 @@ distinct model names the rest are counted as ``other``.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -87,6 +88,16 @@ RATE_LIMITED = Counter(
 )
 
 _models: set[str] = set()
+_children: dict[tuple[Any, ...], Any] = {}  # labelled children, found without labels()
+
+
+def _child(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, remembered: ``labels`` validates and locks every call."""
+    key = (id(metric), *values)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*values)
+    return found
 
 
 def _model(name: str | None) -> str:
@@ -123,7 +134,7 @@ def rate_limited(key: str, limit: str) -> None:
 
 
 def stream_started(context: RequestContext) -> None:
-    FIRST_TOKEN.labels(_model(context.model)).observe(context.elapsed())
+    _child(FIRST_TOKEN, _model(context.model)).observe(context.elapsed())
     ACTIVE_STREAMS.inc()
 
 
@@ -135,14 +146,14 @@ def request_done(context: RequestContext, route: str) -> None:
     elapsed = context.elapsed()
     model = _model(context.model)
     provider = context.provider or ""
-    REQUESTS.labels(route, model, provider, str(context.status), context.cache or "").inc()
-    DURATION.labels(route).observe(elapsed)
-    OVERHEAD.labels(route).observe(max(0.0, elapsed - context.provider_seconds))
+    _child(REQUESTS, route, model, provider, str(context.status), context.cache or "").inc()
+    _child(DURATION, route).observe(elapsed)
+    _child(OVERHEAD, route).observe(max(0.0, elapsed - context.provider_seconds))
     key = context.key or "anonymous"
     if context.input_tokens:
-        TOKENS.labels(model, provider, key, "input").inc(context.input_tokens)
+        _child(TOKENS, model, provider, key, "input").inc(context.input_tokens)
     if context.output_tokens:
-        TOKENS.labels(model, provider, key, "output").inc(context.output_tokens)
+        _child(TOKENS, model, provider, key, "output").inc(context.output_tokens)
 
 
 def scrape() -> bytes:

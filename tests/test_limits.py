@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -71,7 +72,6 @@ def test_rpm_refuses_with_openais_body_and_headers_and_rolls_over(upstream: Upst
         assert int(headers["retry-after"]) >= 1
         assert headers["x-ratelimit-remaining-requests"] == "0"
         assert len(upstream.chat_requests) == 3  # the refused one never reached a provider
-        import time
 
         time.sleep(1.6)  # the window rolls over
         assert ask(client, "again").headers["x-ratelimit-remaining-requests"] == "2"
@@ -253,3 +253,22 @@ def test_a_key_from_the_environment() -> None:
         {"keys": [{"name": "a", "key_env": "WEBAPP_KEY"}]}, {"WEBAPP_KEY": " s "}
     )
     assert settings.keys[0].key == "s"
+
+
+def test_the_redis_window_rolls_over(upstream: Upstream, redis_prefix: str) -> None:
+    """On Redis's clock: after the window, the budget is whole again (and the tokens too)."""
+    redis = {"url": redis_url_or_skip(), "key_prefix": redis_prefix}
+    with (
+        keyed(upstream, rpm=2, tpm=100, window=1.5, backend="redis", redis=redis) as url,
+        sdk(url) as client,
+    ):
+        ask(client, "a")
+        second = ask(client, "b")
+        assert second.headers["x-ratelimit-remaining-requests"] == "0"
+        assert second.headers["x-ratelimit-remaining-tokens"] == "88"  # 12 used by the first
+        with pytest.raises(openai.RateLimitError):
+            ask(client, "c")
+        time.sleep(1.7)
+        again = ask(client, "d")
+        assert again.headers["x-ratelimit-remaining-requests"] == "1"
+        assert again.headers["x-ratelimit-remaining-tokens"] == "100"

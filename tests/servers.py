@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import uvicorn
 
 from palaver.server import uvicorn_options
@@ -46,3 +48,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_healthy(
+    url: str,
+    process: subprocess.Popen[Any],
+    seconds: float = 20.0,
+    output: Callable[[], str] = lambda: "",
+) -> None:
+    """Wait until the palaver ``process`` serving ``url`` answers ``/health``; fail with
+    ``output()`` if it exits first."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert process.poll() is None, output()
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "palaver did not start"
+        time.sleep(0.1)

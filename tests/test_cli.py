@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
@@ -16,7 +15,7 @@ import httpx2 as httpx
 import openai
 import pytest
 
-from tests.servers import free_port
+from tests.servers import free_port, wait_healthy
 
 
 @contextmanager
@@ -37,16 +36,7 @@ def palaver_process(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "palaver did not start"
-            time.sleep(0.1)
+        wait_healthy(url, process, output=lambda: process.stdout.read() if process.stdout else "")
         yield url
     finally:
         process.send_signal(signal.SIGINT)

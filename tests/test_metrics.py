@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import provider_entry, run_palaver, run_upstream
-from tests.servers import free_port
+from tests.servers import free_port, wait_healthy
 from tests.upstream import Upstream
 
 ADMIN = "admin-secret-123"
@@ -147,14 +146,7 @@ def test_two_workers_one_scrape(tmp_path: Path) -> None:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-            assert time.monotonic() < deadline
+        wait_healthy(url, process, seconds=30)
         body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
         for _ in range(40):  # a new connection each: both workers take some
             with httpx.Client() as client:

@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from tests.conftest import provider_entry, run_palaver, run_upstream
-from tests.servers import free_port
+from tests.servers import free_port, wait_healthy
 from tests.upstream import Upstream
 
 
@@ -115,15 +115,7 @@ path = "{tmp_path / "c.sqlite3"}"
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-            assert time.monotonic() < deadline
+        wait_healthy(url, process, output=log.read_text)
         yield url, log
     finally:
         process.send_signal(signal.SIGINT)

@@ -242,10 +242,8 @@ class Palaver:
         if not server.metrics:
             raise NotFound("Metrics are turned off (server.metrics = false).", code="unknown_url")
         if server.admin_key:
-            value = header(scope, b"authorization") or b""
-            scheme, _, secret = value.partition(b" ")
-            expected = server.admin_key.encode()
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(secret.strip(), expected):
+            secret = _bearer(scope)
+            if secret is None or not hmac.compare_digest(secret, server.admin_key.encode()):
                 raise Unauthorized("/metrics needs 'Authorization: Bearer <server.admin_key>'.")
         elif self._keys:
             raise Unauthorized("/metrics is closed: set server.admin_key to read it.")
@@ -299,14 +297,13 @@ class Palaver:
     def _authenticate(self, scope: Scope) -> Key:
         if not self._keys:
             return OPEN
-        value = header(scope, b"authorization")
-        if value is None:
+        if header(scope, b"authorization") is None:
             raise Unauthorized(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."
             )
-        scheme, _, secret = value.partition(b" ")
-        key = self._keys.find(secret.strip())
-        if scheme.lower() != b"bearer" or key is None:
+        secret = _bearer(scope)
+        key = None if secret is None else self._keys.find(secret)
+        if key is None:
             raise Unauthorized("Incorrect API key provided.")
         return key
 
@@ -350,15 +347,15 @@ class Palaver:
             raw_path: bytes | None = scope.get("raw_path")
             path = raw_path.decode("latin-1") if raw_path else scope["path"]
             methods: Mapping[str, Handler] | None = runtime.routes.get(path)
-            context.template = path if methods is not None else "other"
-            if methods is None:
+            if methods is not None:
+                context.template = path
+            else:
                 path, methods = _resolve(runtime, path)
-                if methods is not None:
-                    context.template = route_template(path)
                 if methods is None:
                     raise NotFound(
                         f"Unknown request URL: {scope['method']} {path}.", code="unknown_url"
                     )
+                context.template = route_template(path)
             handler = methods.get(scope["method"])
             if handler is None:
                 raise MethodNotAllowed(
@@ -372,14 +369,13 @@ class Palaver:
             if key.limited and self._gate is not None:
                 counted = path in LIMITED_PATHS and scope["method"] == "POST"
                 admitted = await self._gate.enter(scope, key, counted)
-            if admitted is None:
-                await handler(scope, receive, send, key.tenant)
-                return
-            send = with_headers(send, admitted.headers)  # errors below carry them too
+            if admitted is not None:
+                send = with_headers(send, admitted.headers)  # errors below carry them too
             try:
                 await handler(scope, receive, send, key.tenant)
             finally:
-                await admitted.leave()
+                if admitted is not None:
+                    await admitted.leave()
         except ClientDisconnected:
             log.info("client disconnected: its request was cancelled")
         except PalaverError as exc:
@@ -399,6 +395,12 @@ class Palaver:
             await send_json(send, error.status, orjson.dumps(body), list(error.headers))
         except Exception:  # the response had already started, or the client is gone
             log.debug("could not send the error response", exc_info=True)
+
+
+def _bearer(scope: Scope) -> bytes | None:
+    """The secret of an ``Authorization: Bearer <secret>`` header (trimmed), else None."""
+    scheme, _, secret = (header(scope, b"authorization") or b"").partition(b" ")
+    return secret.strip() if scheme.lower() == b"bearer" else None
 
 
 def _resolve(runtime: _Runtime, path: str) -> tuple[str, Mapping[str, Handler] | None]:

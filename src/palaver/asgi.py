@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from types import TracebackType
 from typing import Any
 
-from palaver.errors import PalaverError, PayloadTooLarge
+from palaver.errors import PayloadTooLarge
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -34,10 +34,6 @@ async def send_json(
         head.extend(headers)
     await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": body})
-
-
-async def send_error(send: Send, error: PalaverError) -> None:
-    await send_json(send, error.status, error.to_json(), list(error.headers))
 
 
 def without_body(send: Send) -> Send:

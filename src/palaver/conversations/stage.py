@@ -177,7 +177,8 @@ class Conversations:
 
 def _history(stored: list[StoredMessage], budget: Budget | None) -> list[Message]:
     """The stored messages, their tokens made known to the budget."""
+    messages = [item.message for item in stored]
     if budget is not None:
-        for item in stored:
-            budget.learn(item.message, item.tokens, item.item_id)
-    return [item.message for item in stored]
+        counts = [item.tokens for item in stored]
+        budget.learn_all(messages, counts, [item.item_id for item in stored])
+    return messages

@@ -96,11 +96,8 @@ class Responses:
             if record is None:
                 raise previous_not_found(previous)
             if budget is not None:
-                tokens: list[dict[str, int] | None] = [None] * len(record.context)
-                if record.context_tokens and len(record.context_tokens) == len(tokens):
-                    tokens = list(record.context_tokens)
-                for index, (message, counts) in enumerate(zip(record.context, tokens, strict=True)):
-                    budget.learn(message, counts, f"{previous}:{index}")
+                ids = [f"{previous}:{index}" for index in range(len(record.context))]
+                budget.learn_all(record.context, record.context_tokens, ids)
             return record.context, None
         conversation = request.conversation_id
         if conversation is not None:

@@ -80,6 +80,17 @@ class Budget:
         self.fixed += taken
         self.available -= taken
 
+    def learn_all(
+        self,
+        messages: Sequence[Message],
+        counts: Sequence[Counts | None] | None,
+        ids: Sequence[str],
+    ) -> None:
+        """``learn`` for stored ``messages``, with their ``counts`` (None: none stored)."""
+        known = counts if counts is not None and len(counts) == len(messages) else None
+        for index, message in enumerate(messages):
+            self.learn(message, None if known is None else known[index], ids[index])
+
     def costs(self, messages: Sequence[Message]) -> list[int]:
         return [self.cost(m) for m in messages]
 

@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_CLIENTS := tests/clients/node
 NODE_STAMP := $(NODE_CLIENTS)/node_modules/.installed
+WEB_STAMP := web/node_modules/.installed
 
-.PHONY: run test lint bench image-check clean
+.PHONY: run test lint bench image-check clean browser
 
 $(STAMP): requirements-dev.lock pyproject.toml scripts/install.sh
 	PYTHON=$(PYTHON) scripts/install.sh $(VENV) requirements-dev.lock --editable
@@ -18,6 +19,16 @@ $(NODE_STAMP): $(NODE_CLIENTS)/package.json $(NODE_CLIENTS)/package-lock.json
 	cd $(NODE_CLIENTS) && npm ci --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
+# The libraries the playground vendors (web/vendor.mjs copies them; a test checks the copies).
+$(WEB_STAMP): web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	touch $(WEB_STAMP)
+
+# Debian's chromium for the browser tests (tests/browser); Playwright downloads no browser.
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
 run: $(STAMP)
 	$(BIN)/palaver serve
 
@@ -26,7 +37,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-test: lint $(NODE_STAMP)
+test: lint $(NODE_STAMP) $(WEB_STAMP) browser
 	$(BIN)/pytest -q
 
 # The Docker image's install and start steps, run on this machine (CI runs them).
@@ -38,4 +49,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache $(NODE_CLIENTS)/node_modules
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache $(NODE_CLIENTS)/node_modules web/node_modules

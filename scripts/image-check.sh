@@ -18,4 +18,7 @@ done
 answer="$(curl -sf "http://127.0.0.1:$port/v1/chat/completions" -H 'Content-Type: application/json' \
   -d '{"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "image check"}]}')"
 echo "$answer" | grep -q '"content":"image check"'
-echo "image-check: installed from requirements.lock, served, healthy, answered"
+# the playground's files are in the installed package (package data, not the source tree)
+curl -sf "http://127.0.0.1:$port/" | grep -q '<title>palaver playground</title>'
+curl -sf "http://127.0.0.1:$port/playground/vendor/purify.es.mjs" | grep -q 'DOMPurify'
+echo "image-check: installed from requirements.lock, served, healthy, answered, page served"

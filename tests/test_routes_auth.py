@@ -66,7 +66,11 @@ def test_bad_input_still_401_first(keyed: str, upstream: Upstream) -> None:
 
 
 def test_unknown_route_is_openai_404(palaver_url: str) -> None:
-    for method, path in [("GET", "/"), ("POST", "/v1/completions"), ("GET", "/v1/nope/x")]:
+    for method, path in [
+        ("GET", "/index.html"),  # the playground is "/" (tests/test_playground.py)
+        ("POST", "/v1/completions"),
+        ("GET", "/v1/nope/x"),
+    ]:
         response = httpx.request(method, palaver_url + path)
         assert response.status_code == 404
         error = response.json()["error"]

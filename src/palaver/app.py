@@ -36,6 +36,7 @@ from palaver.limits import OPEN, Gate, Key, KeyRing, MemoryLimiter, RedisLimiter
 from palaver.limits.access import SCOPE_KEY
 from palaver.observability import RequestContext, access_line, current, metrics, request_id
 from palaver.observability.http import observed
+from palaver.playground import Playground
 from palaver.providers import build_router, new_session
 from palaver.redis_link import RedisLink
 from palaver.responses import Responses, ResponseStore
@@ -123,6 +124,7 @@ class Palaver:
         origins = settings.server.cors_origins
         self._cors = Cors(origins) if origins else None
         self._gate: Gate | None = None
+        self._public = PUBLIC_PATHS
         self._runtime: _Runtime | None = None
         # Set off by the server when it stops (palaver.server): open streams end cleanly.
         self.drain = Drain(settings.server.shutdown_grace)
@@ -180,6 +182,9 @@ class Palaver:
             "/health": {"GET": handlers.health},
             "/metrics": {"GET": self._metrics},
         }
+        page = Playground().routes()  # no auth to load the page: it asks for the key
+        routes.update(page)
+        self._public = PUBLIC_PATHS | frozenset(page)
         idle_ttl = settings.conversations.idle_ttl_seconds
         sweeper = None
         if idle_ttl:
@@ -362,7 +367,7 @@ class Palaver:
                     f"Method {method} is not allowed on {path}.",
                     headers=((b"allow", _allow(methods)),),
                 )
-            key = OPEN if path in PUBLIC_PATHS else self._authenticate(scope)
+            key = OPEN if path in self._public else self._authenticate(scope)
             scope[SCOPE_KEY] = key
             context.key = key.name if key is not OPEN else None
             admitted = None

@@ -46,7 +46,7 @@ image-check:
 
 bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
-	$(BIN)/python bench/bench.py
+	$(BIN)/python -m bench.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache $(NODE_CLIENTS)/node_modules web/node_modules

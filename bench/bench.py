@@ -1,322 +1,355 @@
 """``make bench``: palaver against the bare upstream it relays to, measured in one run.
 
-Starts the fast test upstream (``tests/upstream.py``) and ``palaver serve`` (one worker) as
-processes on free loopback ports and drives them with wrk: for each palaver row (relay without
-cache, cache MISS non-streaming and streaming, cache hit non-streaming and streaming,
-conversation turns without and with a context window) it first measures the upstream
-directly, then palaver, and prints requests/s, p50 and p99 and the ratio of the two, so
-that each ratio compares figures taken under the same conditions.
+Starts the test upstream (``tests/upstream.py``, which answers from memory, or paced by the
+model's name) and ``palaver serve`` (one worker each, a conversation backend each: sqlite,
+memory, redis) as processes on free loopback ports, and measures what public gateway
+benchmarks measure, each palaver figure against the bare upstream measured just before it:
 
-Conversation turns: every request names one of ``CONVERSATIONS`` conversations (sqlite), each
-holding 50 messages (``max_messages``), and sends one new message; the same with a model whose
-context window palaver knows (so every turn counts, and fits the history to, its tokens) is
-also given as a ratio to the turns without one.
+- added latency at concurrency 1 (p50, p99), wrk;
+- max requests/s with the instant upstream (relay without cache, cache MISS and hit rows);
+- sustained requests/s with a 20 ms upstream: the best rate with p99 < 1 s and < 0.1 %
+  errors over 64, 256 and 1024 connections;
+- stall-free streams: N concurrent streams of 50 chunks paced 20 ms (``streams.mjs``); a stall
+  is a gap over 100 ms; the largest N of 1/32/128/512/1024 with no stall and every stream
+  complete; 1024 also with ``--workers 2``;
+- conversation turns/s on each backend, as a ratio to the stateless relay measured just
+  before: each request names one of 1,000 conversations seeded with 20 messages and sends
+  one new message;
+- 100 concurrent turns on one conversation: p99, and the stored conversation checked whole;
+- resident memory of the worker, idle and at its peak.
 
-    python bench/bench.py [--seconds 8] [--connections 32]
+    python -m bench.bench [--seconds 8] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
-import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import orjson
-
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
-PALAVER = [PYTHON, "-m", "palaver", "serve", "--log-level", "warning"]
-sys.path.insert(0, str(ROOT))
-
-from tests.servers import free_port  # noqa: E402
+from bench import drive
+from bench.drive import BYPASS, LOAD_CORE, PINNING, PYTHON, ROOT, SERVER_CORE, Server
+from tests.servers import free_port
 
 MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
-    {"role": "user", "content": "Say something about the weather in Paris today, please."},
+    {"role": "user", "content": "Say something about the weather in Paris today, please. __N__"},
 ]
+TURN = [{"role": "user", "content": "And what about tomorrow? __N__"}]
+CONVERSATIONS, HISTORY = 1000, 20
+# Room for the 100 concurrent turns on one conversation (200 messages), each checked kept.
+MAX_MESSAGES = 256
+STREAM_COUNTS = (1, 32, 128, 512, 1024)
+SUSTAINED_CONNECTIONS = (64, 256, 1024)
+
+Row = tuple[str, str, str, bool]  # figure, measured, target, met
+Body = dict[str, Any]
 
 
-@dataclass
-class Result:
-    name: str
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-
-
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{url}: the server exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"{url}: not healthy after {seconds} s")
-
-
-def _millis(value: str) -> float:
-    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value).groups()  # type: ignore[union-attr]
-    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
-
-
-CONVERSATIONS = 100
-TURN = [{"role": "user", "content": "Say something about the weather in Paris today, please."}]
-
-
-def _script(
-    body: dict[str, object], unique: bool, bypass: bool = False, conversations: int = 0
-) -> str:
-    """A wrk script posting ``body``; ``unique``: every request's last message differs;
-    ``bypass``: ask palaver to skip its cache; ``conversations``: each request names one of
-    that many conversations (``X-Conversation-Id: bench-<n>``)."""
-    lines = ['wrk.method = "POST"', 'wrk.headers["Content-Type"] = "application/json"']
-    if bypass:
-        lines.append('wrk.headers["Cache-Control"] = "no-cache, no-store"')
-    template = orjson.dumps(body).decode()
-    if not unique:
-        return "\n".join([*lines, f"wrk.body = [[{template}]]", ""])
-    tag = uuid.uuid4().hex[:8]
-    template = template.replace("please.", "please. __N__")
-    headers = "nil"
-    if conversations:
-        lines.append("local headers = {}")
-        headers = "headers"
-    return "\n".join(
-        [
-            *lines,
-            "counter = 0",
-            f"template = [[{template}]]",
-            "request = function()",
-            "  counter = counter + 1",
-            *(
-                [f'  headers["X-Conversation-Id"] = "bench-" .. (counter % {conversations})']
-                if conversations
-                else []
-            ),
-            f'  local body = string.gsub(template, "__N__", "{tag}-" .. counter)',
-            f"  return wrk.format(nil, nil, {headers}, body)",
-            "end",
-            "",
-        ]
-    )
-
-
-def _seed(url: str, model: str, turns: int = 25) -> None:
-    """Fill every bench conversation to 50 messages (25 turns)."""
-    for n in range(CONVERSATIONS):
-        for turn in range(turns):
-            content = f"Seed turn {turn} of conversation {n}: tell me about the weather."
-            request = urllib.request.Request(  # noqa: S310 - loopback
-                url,
-                data=orjson.dumps(
-                    {"model": model, "messages": [{"role": "user", "content": content}]}
-                ),
-                headers={"Content-Type": "application/json", "X-Conversation-Id": f"bench-{n}"},
-            )
-            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-                response.read()
-
-
-# With two cores or more, the server measured gets a core of its own and the load generator
-# (with the upstream palaver relays to) the other: the figures then compare like with like
-# instead of depending on how the scheduler happens to share two cores among three processes.
-PINNING = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
-SERVER_CORE, LOAD_CORE = 0, 1
-
-
-def _on(core: int) -> list[str]:
-    return ["taskset", "-c", str(core)] if PINNING else []
-
-
-def _pin(process: subprocess.Popen[bytes], core: int) -> None:
-    if PINNING:
-        subprocess.run(
-            ["taskset", "-a", "-c", "-p", str(core), str(process.pid)],
-            capture_output=True,
-            check=True,
-        )
-
-
-def _wrk(
-    name: str,
-    url: str,
-    body: dict[str, object],
-    args: argparse.Namespace,
-    unique: bool,
-    bypass: bool = False,
-    conversations: int = 0,
-) -> Result:
-    def run(seconds: int) -> str:
-        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-            script.write(_script(body, unique, bypass, conversations))
-        command = [*_on(LOAD_CORE), "wrk", "-t1", f"-c{args.connections}", f"-d{seconds}s"]
-        command.append("--latency")
-        try:
-            return subprocess.run(
-                [*command, "-s", script.name, url], capture_output=True, text=True, check=True
-            ).stdout
-        finally:
-            os.unlink(script.name)
-
-    run(2)  # warm-up
-    out = run(args.seconds)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _millis(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _millis(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket_errors = re.search(r"Socket errors: (.*)", out)
-    if socket_errors:
-        print(f"  {name}: socket errors: {socket_errors.group(1)}", file=sys.stderr)
-    return Result(name, rps, p50, p99, int(errors.group(1)) if errors else 0)
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=8)
-    parser.add_argument("--connections", type=int, default=32)
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed (apt-get install wrk)")
-
-    up_port, palaver_port, quiet_port = free_port(), free_port(), free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="palaver-bench-"))
-    config = workdir / "bench.toml"
-    config.write_text(
+def _config(workdir: Path, upstream: str, backend: str, redis_url: str | None) -> Path:
+    path = workdir / f"{backend}.toml"
+    redis = f'\n[redis]\nurl = "{redis_url}"\n' if redis_url else ""
+    path.write_text(
         f"""
 [[providers]]
 name = "bench-upstream"
-base_url = "http://127.0.0.1:{up_port}/v1"
+base_url = "{upstream}"
 models = ["*"]
 
 [cache]
 enabled = true
 
 [conversations]
-auto_create = false
+backend = "{backend}"
 path = "{workdir / "bench.sqlite3"}"
-
-[models."bench-window"]
-context_window = 32768
-"""
+max_active = {CONVERSATIONS * 4}
+max_messages = {MAX_MESSAGES}
+{redis}"""
     )
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    env.pop("OPENAI_BASE_URL", None)
-    env.pop("OLLAMA_BASE_URL", None)
-    env["PYTHONPATH"] = str(ROOT)
-    servers = [
-        subprocess.Popen(
-            [PYTHON, "-m", "tests.upstream", "--port", str(up_port)], cwd=ROOT, env=env
-        ),
-        subprocess.Popen(
-            [*PALAVER, "--port", str(palaver_port), "--config", str(config)],
-            cwd=workdir,
-            env=env,
-        ),
-        subprocess.Popen(  # the same with metrics off, to measure what they cost
-            [*PALAVER, "--port", str(quiet_port), "--config", str(config)],
-            cwd=workdir,
-            env={
-                **env,
-                "PALAVER_SERVER__METRICS": "false",
-                "PALAVER_CONVERSATIONS__PATH": str(workdir / "quiet.sqlite3"),
-            },
-        ),
-    ]
-    try:
-        _wait_healthy(f"http://127.0.0.1:{up_port}/v1/models", servers[0])
-        _wait_healthy(f"http://127.0.0.1:{palaver_port}/health", servers[1])
-        _wait_healthy(f"http://127.0.0.1:{quiet_port}/health", servers[2])
-        quiet = f"http://127.0.0.1:{quiet_port}/v1/chat/completions"
-        plain = {"model": "bench-model", "messages": MESSAGES}
-        streamed = {**plain, "stream": True}
-        up = f"http://127.0.0.1:{up_port}/v1/chat/completions"
-        pal = f"http://127.0.0.1:{palaver_port}/v1/chat/completions"
-        _seed(pal, "bench-window")
-        turns = {"model": "bench-model", "messages": TURN}
-        windowed = {"model": "bench-window", "messages": TURN}
-        rows = [
-            ("palaver relay, no cache", plain, True, True, 0),
-            ("palaver non-streaming", plain, True, False, 0),
-            ("palaver streaming", streamed, True, False, 0),
-            ("palaver cache hit", plain, False, False, 0),
-            ("palaver cache hit, stream", streamed, False, False, 0),
-            # alternated twice: the two are compared by their best, measured side by side
-            ("conversation turns", turns, True, True, CONVERSATIONS),
-            ("turns, context window", windowed, True, True, CONVERSATIONS),
-            ("conversation turns (2)", turns, True, True, CONVERSATIONS),
-            ("turns, context window (2)", windowed, True, True, CONVERSATIONS),
-            # metrics on and off, alternated twice like the turns
-            ("relay, metrics on", plain, True, True, 0),
-            ("relay, metrics off", plain, True, True, 0),
-            ("relay, metrics on (2)", plain, True, True, 0),
-            ("relay, metrics off (2)", plain, True, True, 0),
-        ]
-        # The machine's speed drifts by tens of percent within a minute: every palaver row is
-        # compared with the upstream measured just before it, under the same conditions.
-        pairs: list[tuple[Result, Result]] = []
-        for name, body, unique, bypass, conversations in rows:
-            server, target = (servers[2], quiet) if "metrics off" in name else (servers[1], pal)
-            for other in servers[1:]:
-                _pin(other, LOAD_CORE)
-            _pin(servers[0], SERVER_CORE)
-            direct = _wrk("upstream direct", up, plain, args, unique=False)
-            _pin(servers[0], LOAD_CORE)
-            _pin(server, SERVER_CORE)
-            measured = _wrk(name, target, body, args, unique, bypass, conversations)
-            pairs.append((direct, measured))
-    finally:
-        for server in servers:
-            server.send_signal(signal.SIGINT)
-        for server in servers:
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
+    return path
 
-    pinned = "the server measured on a core of its own" if PINNING else "no core pinning"
-    print(
-        f"\n{os.cpu_count()} cores, wrk -t1 -c{args.connections} -d{args.seconds}s, one worker,"
-        f" {pinned}; a new body every request but for cache hits (MISS rows: cache on);"
-        " each row's ratio is to the upstream measured directly just before it"
-    )
-    header = f"{'':26} {'req/s':>9} {'direct':>9} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8}"
-    print(header + f" {'errors':>7}")
-    for direct, r in pairs:
-        ratio = r.rps / direct.rps
-        print(
-            f"{r.name:26} {r.rps:9.0f} {direct.rps:9.0f} {ratio:6.2f}x"
-            f" {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.errors:7d}"
+
+def _redis(workdir: Path) -> tuple[str | None, subprocess.Popen[bytes] | None]:
+    """A private redis-server on a free port (the bench flushes nothing shared)."""
+    if shutil.which("redis-server") is None:
+        url = os.environ.get("REDIS_URL")
+        return url, None
+    port = free_port()
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    command += ["--appendonly", "no", "--dir", str(workdir)]
+    process = subprocess.Popen([*drive.on(LOAD_CORE), *command], stdout=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            return f"redis://127.0.0.1:{port}/0", process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    return None, None
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, upstream: Server) -> None:
+        self.args = args
+        self.upstream = upstream
+        self.lines: list[str] = []  # the detail rows, printed under the figures
+
+    def on_server(self, server: Server) -> None:
+        """The server measured gets a core of its own, the load and the upstream the other."""
+        self.upstream.pin(LOAD_CORE)
+        server.pin(SERVER_CORE)
+
+    def pair(
+        self,
+        name: str,
+        server: Server,
+        body: Body,
+        direct_body: Body,
+        connections: int,
+        cache_control: str | None = BYPASS,
+        conversations: list[str] | None = None,
+    ) -> tuple[drive.Result, drive.Result]:
+        """The upstream measured directly, then ``server`` in front of it."""
+        seconds = self.args.seconds
+        self.upstream.pin(SERVER_CORE)
+        up = f"{self.upstream.url}/chat/completions"
+        direct = drive.wrk(up, drive.script(direct_body, None, []), connections, seconds)
+        self.on_server(server)
+        lua = drive.script(body, cache_control, conversations or [])
+        measured = drive.wrk(f"{server.url}/chat/completions", lua, connections, seconds)
+        self.lines.append(
+            f"{name:34} {measured.rps:9.0f} {direct.rps:9.0f} {measured.rps / direct.rps:6.2f}x"
+            f" {measured.p50_ms:8.2f} {measured.p99_ms:8.2f} {direct.p50_ms:8.2f}"
+            f" {direct.p99_ms:8.2f} {measured.errors:6d}"
         )
-    best = {r.name.removesuffix(" (2)"): 0.0 for _, r in pairs}
-    for _, r in pairs:
-        best[r.name.removesuffix(" (2)")] = max(best[r.name.removesuffix(" (2)")], r.rps)
-    without, with_window = best["conversation turns"], best["turns, context window"]
+        return direct, measured
+
+    def streams(self, server: Server, counts: tuple[int, ...], pin: bool = True) -> int:
+        """The largest N of ``counts`` with every stream smooth, through ``server`` (the bare
+        upstream measured at each N just before)."""
+        best = 0
+        for count in counts:
+            self.upstream.pin(SERVER_CORE if pin else None)
+            direct = drive.streams(f"{self.upstream.url}/chat/completions", "stream-50x20ms", count)
+            if pin:
+                self.on_server(server)
+            else:
+                self.upstream.pin(None)
+                server.pin(None)
+            measured = drive.streams(f"{server.url}/chat/completions", "stream-50x20ms", count)
+            self.lines.append(
+                f"streams {server.name:>9} {count:5d}: palaver {_stream(measured)};"
+                f" upstream {_stream(direct)}"
+            )
+            if not measured.smooth:
+                break
+            best = count
+        return best
+
+
+def _stream(s: drive.Streams) -> str:
+    return (
+        f"{s.complete}/{s.streams} complete, {s.stalled} stalled, max gap {s.max_gap_ms:.0f} ms,"
+        f" first chunk p99 {s.first_p99_ms:.0f} ms"
+    )
+
+
+def _check(figure: str, measured: str, target: str, met: bool) -> Row:
+    return figure, measured, target, met
+
+
+def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    for name in ("OPENAI_BASE_URL", "OLLAMA_BASE_URL", "PALAVER_CONFIG"):
+        env.pop(name, None)
+    env["PYTHONPATH"] = str(ROOT)
+    stoppers: list[Callable[[], None]] = []
+    rows: list[Row] = []
+    try:
+        port = free_port()
+        upstream = drive.start(
+            "upstream",
+            [PYTHON, "-m", "tests.upstream", "--port", str(port)],
+            f"http://127.0.0.1:{port}/v1/models",
+            env,
+            ROOT,
+        )
+        stoppers.append(upstream.stop)
+        redis_url, redis = _redis(workdir)
+        if redis is not None:
+            stoppers.append(redis.kill)
+
+        def palaver(backend: str, *extra: str) -> Server:
+            config = _config(workdir, upstream.url, backend, redis_url)
+            port = free_port()
+            command = [PYTHON, "-m", "palaver", "serve", "--log-level", "warning"]
+            command += ["--port", str(port), "--config", str(config), *extra]
+            server = drive.start(
+                backend if not extra else f"{backend}x2",
+                command,
+                f"http://127.0.0.1:{port}/health",
+                env,
+                workdir,
+            )
+            stoppers.append(server.stop)
+            return server
+
+        bench = Bench(args, upstream)
+        main = palaver("sqlite")
+        idle = main.rss_mb()[0]
+        plain: Body = {"model": "bench-model", "messages": MESSAGES}
+        instant: Body = {
+            "model": "bench-model",
+            "messages": [MESSAGES[0], {"role": "user", "content": "hi"}],
+        }
+
+        # added latency at concurrency 1
+        direct, measured = bench.pair("relay, concurrency 1", main, plain, instant, 1)
+        p50, p99 = measured.p50_ms - direct.p50_ms, measured.p99_ms - direct.p99_ms
+        rows.append(_check("added latency c=1, p50", f"{p50:.2f} ms", "", True))
+        rows.append(_check("added latency c=1, p99", f"{p99:.2f} ms", "<= 1 ms", p99 <= 1.0))
+
+        # max requests/s, instant upstream
+        c = args.connections
+        direct, relay = bench.pair("relay, no cache", main, plain, instant, c)
+        ratio = relay.rps / direct.rps
+        rows.append(_check("max requests/s", f"{ratio:.2f}x", ">= 0.35x", ratio >= 0.35))
+        if not args.quick:
+            streamed: Body = {**plain, "stream": True}
+            hit: Body = {**plain, "messages": [MESSAGES[0], {"role": "user", "content": "hit me"}]}
+            bench.pair("cache MISS", main, plain, instant, c, None)
+            bench.pair("cache MISS, streaming", main, streamed, instant, c, None)
+            bench.pair("cache hit", main, hit, instant, c, None)
+            bench.pair("cache hit, streaming", main, {**hit, "stream": True}, instant, c, None)
+
+        # sustained requests/s, 20 ms upstream
+        paced: Body = {**plain, "model": "wait-20ms"}
+        best_up = best_pal = 0.0
+        for connections in SUSTAINED_CONNECTIONS:
+            direct, measured = bench.pair(
+                f"relay, 20 ms upstream, c={connections}",
+                main,
+                paced,
+                {**instant, "model": "wait-20ms"},
+                connections,
+            )
+            if _sustained(direct):
+                best_up = max(best_up, direct.rps)
+            if _sustained(measured):
+                best_pal = max(best_pal, measured.rps)
+        ratio = best_pal / best_up if best_up else 0.0
+        rows.append(
+            _check(
+                "sustained requests/s @20 ms",
+                f"{ratio:.2f}x ({best_pal:.0f}/{best_up:.0f})",
+                ">= 0.6x",
+                ratio >= 0.6,
+            )
+        )
+
+        # stall-free streams
+        smooth = bench.streams(main, STREAM_COUNTS)
+        rows.append(_check("stall-free streams, 1 worker", str(smooth), ">= 512", smooth >= 512))
+
+        # conversation turns
+        backends = [("sqlite", main), ("memory", palaver("memory"))]
+        if redis_url:
+            backends.append(("redis", palaver("redis")))
+        targets = {"sqlite": 0.5, "redis": 0.4, "memory": 0.0}
+        for backend, server in backends:
+            ids = drive.seed(server.url, CONVERSATIONS, HISTORY)
+            turns: Body = {"model": "bench-model", "messages": TURN}
+            _, relay = bench.pair(f"{backend}: stateless relay", server, plain, instant, c)
+            _, turned = bench.pair(
+                f"{backend}: conversation turns", server, turns, instant, c, BYPASS, ids
+            )
+            ratio = turned.rps / relay.rps
+            target = targets[backend]
+            rows.append(
+                _check(
+                    f"turns/s, {backend}, of the stateless relay",
+                    f"{ratio:.2f}x ({turned.rps:.0f}/{relay.rps:.0f})",
+                    f">= {target}x" if target else "",
+                    ratio >= target and not turned.errors,
+                )
+            )
+        for backend, server in backends:
+            bench.on_server(server)
+            concurrent = drive.concurrent_turns(server.url, "bench-model", 100)
+            rows.append(
+                _check(
+                    f"100 concurrent turns, one conversation, {backend}, p99",
+                    f"{concurrent.p99_ms:.0f} ms (p50 {concurrent.p50_ms:.0f})"
+                    + ("" if concurrent.kept else ", NOT KEPT WHOLE"),
+                    "< 300 ms",
+                    concurrent.p99_ms < 300 and concurrent.kept and not concurrent.errors,
+                )
+            )
+        peak = max(server.rss_mb()[1] for _, server in backends)
+        rows.append(
+            _check(
+                "RSS idle / peak",
+                f"{idle:.0f} / {peak:.0f} MB",
+                "< 60 / < 150 MB",
+                idle < 60 and peak < 150,
+            )
+        )
+        if not args.quick:
+            for _, server in backends:
+                server.stop()
+            two = palaver("sqlite", "--workers", "2")
+            smooth = bench.streams(two, (512, 1024), pin=False)
+            rows.append(
+                _check("stall-free streams, --workers 2", str(smooth), ">= 1024", smooth >= 1024)
+            )
+    finally:
+        for stop in reversed(stoppers):
+            stop()
+    pinned = "the server measured on a core of its own" if PINNING else "no pinning"
     print(
-        f"context window on conversation turns: {with_window / without:.2f}x of the turns"
-        " without one (the best of two alternated runs each)"
+        f"\n{os.cpu_count()} cores; {pinned}; wrk -t1 -d{args.seconds}s;"
+        " every row against the bare upstream measured just before it\n"
     )
     print(
-        f"metrics on the relay: {best['relay, metrics on'] / best['relay, metrics off']:.2f}x"
-        " of the relay with metrics off (the best of two alternated runs each)"
+        f"{'':34} {'req/s':>9} {'direct':>9} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'up p50':>8} {'up p99':>8} {'errors':>6}"
     )
-    results = [r for pair in pairs for r in pair]
-    return 1 if any(r.errors for r in results) else 0
+    for line in bench.lines:
+        print(line)
+    return rows
+
+
+def _sustained(result: drive.Result) -> bool:
+    return result.p99_ms < 1000 and result.errors <= result.requests * 0.001
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=32, help="for max requests/s")
+    parser.add_argument("--quick", action="store_true", help="the target figures only")
+    args = parser.parse_args()
+    for tool in ("wrk", "node"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed")
+    workdir = Path(tempfile.mkdtemp(prefix="palaver-bench-"))
+    try:
+        rows = run(args, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'figure':{width}}  {'measured':28}  {'target':16}  met")
+    for figure, measured, target, met in rows:
+        print(f"{figure:{width}}  {measured:28}  {target:16}  {'yes' if met else 'NO'}")
+    return 0 if all(r[3] for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -69,6 +69,9 @@ class Upstream:
     answers_tool_results: bool = False
     # How the tool-call arguments are spelt (models differ: spaces, key order, escapes).
     tool_arguments: str = '{"city": "Paris"}'
+    # Benchmarks: the model's name sets the pace, "wait-20ms" (answer after 20 ms) or
+    # "stream-50x20ms" (50 content chunks, one every 20 ms); see ``_paced``.
+    paced: bool = False
 
     # -- control ---------------------------------------------------------------------------
 
@@ -121,6 +124,8 @@ class Upstream:
             await _json(send, 200, {"object": "list", "data": data})
             return
         payload = orjson.loads(body) if body else {}
+        if self.paced and await _paced(self, payload, send):
+            return
         if self.record:
             headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
             self.requests.append(Recorded(scope["method"], path, headers, payload))
@@ -307,6 +312,42 @@ class Upstream:
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
 
+_PACE = re.compile(r"(?:wait-(\d+)ms|stream-(\d+)x(\d+)ms)")
+
+
+async def _paced(upstream: Upstream, payload: Json, send: Any) -> bool:
+    """Answer a benchmark's paced model (False if the model is not one): "wait-<ms>ms" after
+    that long, "stream-<n>x<ms>ms" with n content chunks, one every ms, then the finish chunk
+    and [DONE]. Each chunk is a real chat.completion.chunk, encoded once per stream."""
+    match = _PACE.fullmatch(str(payload.get("model", "")))
+    if match is None:
+        return False
+    wait, count, pace = match.groups()
+    if wait is not None:
+        await asyncio.sleep(int(wait) / 1000)
+        await _json(send, 200, upstream.completion(payload))
+        return True
+    base = {"id": "chatcmpl-paced", "object": "chat.completion.chunk", "created": 0}
+    base["model"] = payload["model"]
+
+    def event(delta: Json, finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return _event({**base, "choices": [choice]})
+
+    word = event({"content": "word "})
+    headers = [(b"content-type", b"text/event-stream")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send(
+        {"type": "http.response.body", "body": event({"role": "assistant"}), "more_body": True}
+    )
+    for _ in range(int(count)):
+        await asyncio.sleep(int(pace) / 1000)
+        await send({"type": "http.response.body", "body": word, "more_body": True})
+    body = event({}, "stop") + b"data: [DONE]\n\n"
+    await send({"type": "http.response.body", "body": body})
+    return True
+
+
 def _limit(payload: Json) -> int | None:
     limit = payload.get("max_completion_tokens") or payload.get("max_tokens")
     return limit if isinstance(limit, int) else None
@@ -339,7 +380,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--name", default="up")
     args = parser.parse_args()
-    app = Upstream(name=args.name, record=False)
+    app = Upstream(name=args.name, record=False, paced=True)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 
 

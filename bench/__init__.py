@@ -1,0 +1,1 @@
+"""make bench: palaver measured against the bare upstream (python -m bench.bench)."""

@@ -8,9 +8,9 @@ against ``tpm``; ``Pass.leave`` frees its ``max_parallel`` slot when the respons
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import Any, Protocol
 
+from palaver import ids
 from palaver.asgi import Scope
 from palaver.limits.keys import OPEN, Key
 from palaver.limits.window import Headers, RateLimited, Usage, headers
@@ -79,7 +79,7 @@ class Gate:
         the key's use for the headers). Raises ``RateLimited``."""
         if not key.limited:
             return None
-        request_id = secrets.token_hex(8)
+        request_id = ids.token_hex(8)
         try:
             usage = await self.limiter.admit(key, request_id, counted)
         except RateLimited as refused:

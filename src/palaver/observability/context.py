@@ -8,10 +8,11 @@ passing it along, and every log line of the request can carry its id (CONTRACT Â
 from __future__ import annotations
 
 import re
-import secrets
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+
+from palaver import ids
 
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
 
@@ -63,7 +64,7 @@ def request_id(sent: bytes | None) -> str:
     """The client's own id if it sent a sane one, else a new one."""
     if sent is not None and _SANE_ID.fullmatch(sent):
         return sent.decode()
-    return "req_" + secrets.token_hex(12)
+    return "req_" + ids.token_hex(12)
 
 
 def note_provider(name: str, seconds: float) -> None:

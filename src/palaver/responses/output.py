@@ -8,17 +8,17 @@ stream announces and those of the stored response are the same items.
 from __future__ import annotations
 
 import re
-import secrets
 import time
 from typing import Any
 
+from palaver import ids
 from palaver.protocol import Json, Message
 
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
 def new_response_id() -> str:
-    return "resp_" + secrets.token_hex(24)
+    return "resp_" + ids.token_hex(24)
 
 
 def message_item_id(response_id: str) -> str:

@@ -15,11 +15,11 @@ turn that began before a deletion cannot bring the conversation back when it end
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from palaver import ids
 from palaver.protocol import Message
 
 TOMBSTONE_SECONDS = 86_400.0  # how long a deleted conversation's epoch is remembered
@@ -87,15 +87,15 @@ class Snapshot:
 
 
 def new_item_id() -> str:
-    return "msg_" + secrets.token_hex(12)
+    return "msg_" + ids.token_hex(12)
 
 
 def new_conversation_id() -> str:
-    return "conv_" + secrets.token_hex(16)
+    return "conv_" + ids.token_hex(16)
 
 
 def new_turn_id() -> str:
-    return secrets.token_hex(12)
+    return ids.token_hex(12)
 
 
 class ConversationStore(Protocol):

@@ -1,7 +1,8 @@
 """Conversations in a SQLite file: the default; survives restarts; shared by worker processes.
 
-Every call runs as one transaction on a single thread of its own, so the event loop never
-waits on the disk and no two calls of a process interleave. WAL mode lets readers run beside
+Every call runs atomically on a single thread of its own, so the event loop never waits on
+the disk and no two calls of a process interleave; calls that arrive together share one
+transaction, each in a savepoint (group commit, ``sqlite_batch``). WAL mode lets readers run beside
 the writer; ``BEGIN IMMEDIATE`` and a busy timeout serialise writers across processes, so
 concurrent turns on one conversation never lose a message. The schema is versioned
 (``PRAGMA user_version``) and older files are migrated when opened (``sqlite_schema``).
@@ -9,11 +10,9 @@ concurrent turns on one conversation never lose a message. The schema is version
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,10 +32,10 @@ from palaver.stores.base import (
     counted,
     new_item_id,
 )
+from palaver.stores.sqlite_batch import Batcher, Db
 from palaver.stores.sqlite_schema import migrate
 
 T = TypeVar("T")
-Db = sqlite3.Connection
 
 _INFO = "id, tenant, created_at, updated_at, message_count, metadata, epoch"
 _WHERE = "tenant = ? AND id = ?"
@@ -53,11 +52,10 @@ class SqliteStore:
     def __init__(self, path: str, limits: Limits | None = None) -> None:
         self._path = path
         self._limits = limits or Limits()
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="palaver-sqlite")
-        self._db: Db | None = None
+        self._batcher = Batcher()
 
     async def open(self) -> None:
-        await self._run(self._open)
+        await self._batcher.run(self._open)
 
     def _open(self) -> None:
         if self._path != ":memory:":
@@ -67,25 +65,13 @@ class SqliteStore:
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
         migrate(db)
-        self._db = db
+        self._batcher.db = db
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
-
-    def _transaction(self, fn: Callable[[Db], T], write: bool) -> T:
-        db = self._db
-        assert db is not None, "SqliteStore.open() was not awaited"
-        db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        try:
-            result = fn(db)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        return result
+    async def _read(self, fn: Callable[[Db], T]) -> T:
+        return await self._batcher.call(fn, False)
 
     async def _write(self, fn: Callable[[Db], T]) -> T:
-        return await self._run(self._transaction, fn, True)
+        return await self._batcher.call(fn, True)
 
     # -- helpers run inside a transaction ------------------------------------------------------
 
@@ -215,7 +201,7 @@ class SqliteStore:
             return Snapshot(info, messages, info.epoch)
 
         # An idle-expired conversation is removed as it is found: that read writes.
-        return await self._run(self._transaction, load, bool(self._limits.idle_ttl))
+        return await self._batcher.call(load, bool(self._limits.idle_ttl))
 
     async def create(
         self, conversation_id: str, tenant: str, metadata: dict[str, str], messages: list[Message]
@@ -307,7 +293,7 @@ class SqliteStore:
             rows = db.execute(query, [*args, limit + 1]).fetchall()
             return [_info(r) for r in rows[:limit]], len(rows) > limit
 
-        return await self._run(self._transaction, page, False)
+        return await self._read(page)
 
     async def enforce_limits(self) -> int:
         def enforce(db: Db) -> int:
@@ -325,7 +311,5 @@ class SqliteStore:
         return await self._write(enforce)
 
     async def close(self) -> None:
-        db, self._db = self._db, None
-        if db is not None:
-            await self._run(db.close)
-        self._thread.shutdown(wait=True)
+        await self._batcher.run(self._batcher.close_db)  # after the calls queued before
+        self._batcher.shutdown()

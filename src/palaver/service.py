@@ -18,11 +18,19 @@ from palaver.cache import CacheBackend, CacheUnavailable, Policy, cache_key, pol
 from palaver.cache.flights import Flight, Flights
 from palaver.conversations import Conversations, Turn, reply_message
 from palaver.conversations.priority import arrange
-from palaver.errors import PalaverError
+from palaver.errors import PalaverError, UpstreamUnreachable
 from palaver.observability import note_usage
 from palaver.protocol import ChatRequest, Json, completion_id, now
 from palaver.providers import ProviderRouter
-from palaver.streaming import DONE, encode_event, error_event, replay_chunks
+from palaver.providers.base import ChunkStream
+from palaver.streaming import (
+    DONE,
+    ChunkRelay,
+    asking_usage,
+    encode_event,
+    error_event,
+    replay_chunks,
+)
 from palaver.tokens import Budget, Budgets
 
 log = logging.getLogger("palaver.service")
@@ -224,22 +232,44 @@ class ChatService:
         if hit is not None:
             headers.append(HIT)
             return ChatStream(_replay(hit, call.include_usage, finish), headers)
-        leads = True
-        if cached is None:
-            flight = self._flights.launch(
-                call.request.model, call.payload, streaming=True, share=None, store=None
-            )
-        else:
-            flight, leads = await self._board(call, True, cached)
+        if cached is None:  # nothing to share: relayed in this request's own task
+            events = await self._direct(call, finish)
+            headers.append(BYPASS)
+            return ChatStream(events, headers)
+        flight, leads = await self._board(call, True, cached)
         flight.join()
         try:
             await flight.started()
         except BaseException:
             flight.leave()
             raise
-        headers.append(BYPASS if cached is None else MISS if leads else HIT)
+        headers.append(MISS if leads else HIT)
         on_usage = call.on_usage if leads else None
         return ChatStream(_follow(flight, call.include_usage, finish, on_usage), headers)
+
+    async def _direct(self, call: ChatCall, finish: Finish | None) -> AsyncGenerator[bytes, None]:
+        """Open the upstream stream and read it up to its first chunk (a failure before it
+        is the request's error); the events then follow in the request's task, not a flight's:
+        one task switch less per chunk."""
+        model = call.request.model
+        upstream = await self._router.open_stream(model, asking_usage(call.payload))
+        batches = aiter(upstream)
+        relay = ChunkRelay(model)
+        try:
+            first: list[bytes] = []
+            while not first:
+                first = relay.events(await anext(batches))
+        except StopAsyncIteration:
+            await upstream.aclose()
+            raise UpstreamUnreachable("The upstream stream ended before its last chunk.") from None
+        except BaseException:
+            await batches.aclose()
+            await upstream.aclose()
+            raise
+        on_usage = call.on_usage
+        return _relay(
+            upstream, batches, relay, b"".join(first), call.include_usage, finish, on_usage
+        )
 
 
 def _settling(finish: Finish) -> Finish:
@@ -286,12 +316,8 @@ async def _follow(
     try:
         async for data in flight.stream(include_usage):
             yield data
-        if finish is not None and flight.completion is not None:
-            await finish(flight.completion)
         if flight.completion is not None:
-            note_usage(flight.completion.get("usage"))
-            if on_usage is not None:
-                await on_usage(flight.completion.get("usage"))
+            await _ended(flight.completion, finish, on_usage)
     except PalaverError as exc:
         log.warning("stream failed: %s", exc.message)
         yield error_event(exc)
@@ -301,6 +327,47 @@ async def _follow(
     finally:
         flight.leave()
     yield DONE
+
+
+async def _relay(
+    upstream: ChunkStream,
+    batches: AsyncGenerator[list[Json], None],
+    relay: ChunkRelay,
+    first: bytes,
+    include_usage: bool,
+    finish: Finish | None,
+    on_usage: OnUsage | None,
+) -> AsyncGenerator[bytes, None]:
+    """Relay a stream no other request shares, ``first`` its first events; as ``_follow``."""
+    try:
+        yield first
+        async for batch in batches:
+            out = relay.events(batch)
+            if out:
+                yield out[0] if len(out) == 1 else b"".join(out)
+        completion = relay.completion()
+        if include_usage and relay.usage_event is not None:
+            yield relay.usage_event
+        await _ended(completion, finish, on_usage)
+    except PalaverError as exc:
+        log.warning("stream failed: %s", exc.message)
+        yield error_event(exc)
+    except Exception:
+        log.exception("stream failed")
+        yield error_event(PalaverError("The server failed while streaming."))
+    finally:
+        await batches.aclose()
+        await upstream.aclose()
+    yield DONE
+
+
+async def _ended(completion: Json, finish: Finish | None, on_usage: OnUsage | None) -> None:
+    """A stream is complete: store its turn, count its usage."""
+    if finish is not None:
+        await finish(completion)
+    note_usage(completion.get("usage"))
+    if on_usage is not None:
+        await on_usage(completion.get("usage"))
 
 
 async def _replay(

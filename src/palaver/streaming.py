@@ -126,6 +126,48 @@ class ChunkNormalizer:
         return chunk
 
 
+def asking_usage(payload: Json) -> Json:
+    """``payload`` asking the upstream for the usage chunk: palaver always wants it (for the
+    metrics, the rate limits, the cached answer); clients that did not ask are not sent it."""
+    options = payload.get("stream_options")
+    options = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    return {**payload, "stream_options": options}
+
+
+class ChunkRelay:
+    """An upstream stream's batches made into what a client is sent: each chunk normalized and
+    encoded, the usage-only chunk kept aside (sent last, to the clients that asked for it),
+    and the whole completion rebuilt as the chunks pass."""
+
+    __slots__ = ("_normalize", "_whole", "usage_event")
+
+    def __init__(self, model: str) -> None:
+        self._normalize = ChunkNormalizer(model=model, include_usage=True)
+        self._whole = CompletionAccumulator()
+        self.usage_event: bytes | None = None
+
+    def events(self, batch: list[Json]) -> list[bytes]:
+        """The encoded chunks with choices of one batch, in order."""
+        out: list[bytes] = []
+        for chunk in batch:
+            normalized = self._normalize(chunk)
+            if normalized is None:
+                continue
+            self._whole.add(normalized)
+            if normalized["choices"]:
+                out.append(encode_event(normalized))
+            else:
+                self.usage_event = encode_event(normalized)
+        return out
+
+    def completion(self) -> Json:
+        """The whole completion, once the stream ended; raises if it ended before every
+        choice finished."""
+        if not self._normalize.complete:
+            raise UpstreamUnreachable("The upstream stream ended before its last chunk.")
+        return self._whole.completion()
+
+
 class _Choice:
     __slots__ = ("finish_reason", "logprobs", "text", "tool_calls")
 

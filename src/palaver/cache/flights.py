@@ -22,12 +22,7 @@ from palaver.cache.redis_flights import LeaderGone, Lease, end_of, failure_of
 from palaver.errors import PalaverError, UpstreamUnreachable
 from palaver.protocol import Json
 from palaver.providers import ProviderRouter
-from palaver.streaming import (
-    ChunkNormalizer,
-    CompletionAccumulator,
-    encode_event,
-    replay_chunks,
-)
+from palaver.streaming import ChunkRelay, asking_usage, encode_event, replay_chunks
 
 log = logging.getLogger("palaver.cache")
 
@@ -313,32 +308,18 @@ class Flights:
             await lease.release()
 
     async def _fly_stream(self, flight: Flight, model: str, payload: Json) -> None:
-        # Usage is always asked for, so that the cached answer carries it; clients that did
-        # not ask are not sent the usage chunk (see ``Flight.stream``).
-        options = payload.get("stream_options")
-        options = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-        upstream = await self._router.open_stream(model, {**payload, "stream_options": options})
-        normalize = ChunkNormalizer(model=model, include_usage=True)
-        whole = CompletionAccumulator()
+        upstream = await self._router.open_stream(model, asking_usage(payload))
+        relay = ChunkRelay(model)
         events = flight.events
         try:
             async for batch in upstream:
-                before = len(events)
-                for chunk in batch:
-                    out = normalize(chunk)
-                    if out is None:
-                        continue
-                    whole.add(out)
-                    if out["choices"]:
-                        events.append(encode_event(out))
-                    else:
-                        flight.usage_event = encode_event(out)
-                if len(events) > before:
+                out = relay.events(batch)
+                flight.usage_event = relay.usage_event
+                if out:
+                    events.extend(out)
                     flight.notify()
                     if flight.lease is not None:
-                        flight.lease.send(b"d", b"".join(events[before:]))
-            if not normalize.complete:
-                raise UpstreamUnreachable("The upstream stream ended before its last chunk.")
+                        flight.lease.send(b"d", b"".join(out))
+            flight.completion = relay.completion()
         finally:
             await upstream.aclose()
-        flight.completion = whole.completion()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from palaver.protocol import Json
@@ -16,7 +16,7 @@ class ChunkStream(Protocol):
     cancels the upstream request when ended early).
     """
 
-    def __aiter__(self) -> AsyncIterator[list[Json]]: ...
+    def __aiter__(self) -> AsyncGenerator[list[Json], None]: ...
 
     async def aclose(self) -> None: ...
 

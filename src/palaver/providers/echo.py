@@ -14,7 +14,7 @@ import hashlib
 import math
 import re
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from palaver.protocol import Json, completion_id, now, text_of
@@ -135,7 +135,7 @@ class _EchoStream:
     def __init__(self, payload: Json) -> None:
         self._payload = payload
 
-    async def __aiter__(self) -> AsyncIterator[list[Json]]:
+    async def __aiter__(self) -> AsyncGenerator[list[Json], None]:
         payload = self._payload
         reply, finish = _reply(payload)
         n = _choices(payload)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -238,7 +238,7 @@ class _Stream:
             connection.protocol.read_timeout = chunk_timeout
             connection.protocol.start_timeout()
 
-    async def __aiter__(self) -> AsyncIterator[list[Json]]:
+    async def __aiter__(self) -> AsyncGenerator[list[Json], None]:
         if self._first is not None:
             first, self._first = self._first, None
             yield first

@@ -112,12 +112,10 @@ def merge(
     if not history:
         sent, _ = fit(request, len(request), 0, budget, param)
         return Merge(arrange(sent), _without_repeats(request, set()))
-    history_keys = [message_key(m) for m in history]
+    history_keys = _Keys(history)  # computed as needed: most turns need a few of them
     request_keys = [message_key(m) for m in request]
-    stored_instructions = {
-        k for k, m in zip(history_keys, history, strict=True) if is_instruction(m)
-    }
-    seam = _last_index(request_keys, history_keys[-1])
+    stored_instructions = {message_key(m) for m in history if is_instruction(m)}
+    seam = _last_index(request_keys, history_keys[len(history) - 1])
     shared = _shared_start(history, history_keys, request, request_keys) if seam is None else 0
     if shared:
         # The turn's question is stored again with its new answer, even when regenerated.
@@ -132,7 +130,7 @@ def merge(
             m for m in request if not (is_instruction(m) and message_key(m) in stored_instructions)
         ]
     else:
-        covered = _covered(history_keys, request_keys[: seam + 1])
+        covered = _covered(history_keys, len(history), request_keys[: seam + 1])
         before = list(history[: len(history) - covered])
         head = [m for m in request[: seam + 1] if is_instruction(m)]
         new = _without_repeats(head + request[seam + 1 :], stored_instructions)
@@ -144,21 +142,37 @@ def merge(
 MIN_SHARED_START = 2  # dialogue messages a request must share with the stored start
 
 
+class _Keys:
+    """The ``message_key`` of each stored message, computed the first time it is asked for."""
+
+    __slots__ = ("_keys", "_messages")
+
+    def __init__(self, messages: Sequence[Message]) -> None:
+        self._messages = messages
+        self._keys: list[tuple[Any, ...] | None] = [None] * len(messages)
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        key = self._keys[index]
+        if key is None:
+            key = self._keys[index] = message_key(self._messages[index])
+        return key
+
+
 def _shared_start(
     history: Sequence[Message],
-    history_keys: list[tuple[Any, ...]],
+    history_keys: _Keys,
     request: list[Message],
     request_keys: list[tuple[Any, ...]],
 ) -> int:
     """How far into ``request`` its dialogue (instructions aside) repeats the stored dialogue
     from the start; 0 when fewer than ``MIN_SHARED_START`` messages agree."""
-    stored = [k for k, m in zip(history_keys, history, strict=True) if not is_instruction(m)]
+    stored = [i for i, m in enumerate(history) if not is_instruction(m)]
     matched = 0
     end = 0
     for index, (key, message) in enumerate(zip(request_keys, request, strict=True)):
         if is_instruction(message):
             continue
-        if matched >= len(stored) or key != stored[matched]:
+        if matched >= len(stored) or key != history_keys[stored[matched]]:
             break
         matched += 1
         end = index + 1
@@ -172,13 +186,14 @@ def _last_index(keys: list[tuple[Any, ...]], wanted: tuple[Any, ...]) -> int | N
     return None
 
 
-def _covered(history_keys: list[tuple[Any, ...]], repeated: list[tuple[Any, ...]]) -> int:
-    """How many of the newest stored messages the request repeats (as a subsequence)."""
-    position = len(history_keys) - 1
+def _covered(history_keys: _Keys, count: int, repeated: list[tuple[Any, ...]]) -> int:
+    """How many of the newest of the ``count`` stored messages the request repeats (as a
+    subsequence)."""
+    position = count - 1
     for key in reversed(repeated):
         if position >= 0 and key == history_keys[position]:
             position -= 1
-    return len(history_keys) - 1 - position
+    return count - 1 - position
 
 
 def _without_repeats(messages: list[Message], stored: set[tuple[Any, ...]]) -> list[Message]:

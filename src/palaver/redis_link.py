@@ -9,6 +9,9 @@
 - When Redis fails, callers get ``RedisDown`` at once for the next ``BREAK_SECONDS`` instead
   of each waiting out a timeout; then the next call tries again, so palaver recovers without a
   restart.
+- Commands are packed by hiredis (C), as redis-py's synchronous client does, rather than by
+  its asyncio client's Python packer: a turn's write script carries every message as an
+  argument.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool, Connection
 from redis.asyncio.retry import Retry
@@ -45,6 +49,20 @@ class RedisBusy(RedisDown):
 
 class _PoolExhausted(RedisConnectionError):
     pass
+
+
+class _Connection(Connection):
+    """A TCP connection whose commands hiredis packs (the arguments encoded as redis-py does)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        first = args[0]
+        if isinstance(first, str):
+            args = (*first.encode().split(), *args[1:])
+        elif b" " in first:
+            args = (*first.split(), *args[1:])
+        encode = self.encoder.encode
+        encoded = tuple(bytes(encode(arg)) for arg in args)  # type: ignore[no-untyped-call]
+        return [hiredis.pack_command(encoded)]  # type: ignore[arg-type]  # its stub: a 1-tuple
 
 
 class _Pool(BlockingConnectionPool):
@@ -80,6 +98,8 @@ class RedisLink:
             retry=Retry(NoBackoff(), 0),  # sent once: the timeout is the real one
             health_check_interval=10,
         )
+        if pool.connection_class is Connection:  # plain TCP (not TLS, not a Unix socket)
+            pool.connection_class = _Connection
         self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._down_until = 0.0
         self._was_down = False

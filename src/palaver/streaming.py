@@ -22,18 +22,22 @@ def error_event(error: PalaverError) -> bytes:
     return b"data: " + error.to_json() + b"\n\n"
 
 
-async def parse_events(chunks: AsyncIterable[bytes]) -> AsyncGenerator[list[Json], None]:
-    """Yield, for each piece read, the JSON objects of the ``data:`` events it completed;
-    stop at ``[DONE]``.
+class EventParser:
+    """Server-sent events, fed as they are read: ``feed`` returns the JSON objects of the
+    ``data:`` events a piece completed, and whether ``[DONE]`` came (what follows it is
+    ignored); ``end`` the last event, if the stream ended without a blank line after it.
 
-    Events are batched by network read so that the relay writes them out together (one write,
-    not one per event) while still passing each read on as soon as it arrives. Bytes are split
-    by hand rather than line by line so that one event may be of any size. Comments
-    (``: keep-alive``) and ``event:``/``id:`` lines are skipped.
+    Bytes are split by hand rather than line by line so that one event may be of any size.
+    Comments (``: keep-alive``) and ``event:``/``id:`` lines are skipped.
     """
-    buffer = b""
-    async for piece in chunks:
-        buffer += piece
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, piece: bytes) -> tuple[list[Json], bool]:
+        buffer = self._buffer + piece if self._buffer else piece
         if b"\r" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n")
         batch: list[Json] = []
@@ -46,15 +50,33 @@ async def parse_events(chunks: AsyncIterable[bytes]) -> AsyncGenerator[list[Json
             if data is None:
                 continue
             if data == b"[DONE]":
-                if batch:
-                    yield batch
-                return
+                self._buffer = b""
+                return batch, True
             batch.append(_decode(data))
+        self._buffer = buffer
+        return batch, False
+
+    def end(self) -> list[Json]:
+        data = _data_of(self._buffer)
+        self._buffer = b""
+        return [_decode(data)] if data is not None and data != b"[DONE]" else []
+
+
+async def parse_events(chunks: AsyncIterable[bytes]) -> AsyncGenerator[list[Json], None]:
+    """Yield, for each piece read, the JSON objects of the ``data:`` events it completed
+    (``EventParser``); stop at ``[DONE]``. Events are batched by network read so that the
+    relay writes them out together (one write, not one per event) while still passing each
+    read on as soon as it arrives."""
+    parser = EventParser()
+    async for piece in chunks:
+        batch, done = parser.feed(piece)
         if batch:
             yield batch
-    data = _data_of(buffer)
-    if data is not None and data != b"[DONE]":
-        yield [_decode(data)]
+        if done:
+            return
+    last = parser.end()
+    if last:
+        yield last
 
 
 def _data_of(block: bytes) -> bytes | None:

@@ -28,7 +28,7 @@ from palaver.providers.failures import (
     status_error,
     stream_error,
 )
-from palaver.streaming import parse_events
+from palaver.streaming import EventParser
 
 log = logging.getLogger("palaver.providers")
 
@@ -215,7 +215,8 @@ class _Stream:
     def __init__(self, name: str, response: aiohttp.ClientResponse) -> None:
         self._name = name
         self._response = response
-        self._events = parse_events(response.content.iter_any())
+        self._parser = EventParser()
+        self._ended = False  # [DONE] or the end of the body came
         self._first: list[Json] | None = None
         self._broke_off = f"Provider {name} broke off its answer."
 
@@ -250,20 +251,31 @@ class _Stream:
             yield batch
 
     async def _next(self) -> list[Json]:
-        try:
-            batch = await anext(self._events)
-        except TimeoutError:
-            raise UpstreamTimeout(f"Provider {self._name} stalled in mid-stream.") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise logged(self._name, UpstreamInterrupted(self._broke_off), exc) from None
-        except UpstreamError as exc:  # the SSE parser's: an event that is not JSON
-            raise logged(self._name, malformed(self._name), exc) from None
-        for chunk in batch:
-            error = chunk.get("error")
-            if error is not None:
-                raise stream_error(self._name, error)
-        return batch
+        """The chunks of the next read that completed any (raises StopAsyncIteration at the
+        end): the body read and parsed here, with no generator between."""
+        content = self._response.content
+        while not self._ended:
+            try:
+                piece = await content.readany()
+            except TimeoutError:
+                raise UpstreamTimeout(f"Provider {self._name} stalled in mid-stream.") from None
+            except (aiohttp.ClientError, OSError) as exc:
+                raise logged(self._name, UpstreamInterrupted(self._broke_off), exc) from None
+            try:
+                if piece:
+                    batch, self._ended = self._parser.feed(piece)
+                else:
+                    batch, self._ended = self._parser.end(), True
+            except UpstreamError as exc:  # the SSE parser's: an event that is not JSON
+                raise logged(self._name, malformed(self._name), exc) from None
+            if not batch:
+                continue
+            for chunk in batch:
+                error = chunk.get("error")
+                if error is not None:
+                    raise stream_error(self._name, error)
+            return batch
+        raise StopAsyncIteration
 
     async def aclose(self) -> None:
         self._response.close()
-        await self._events.aclose()

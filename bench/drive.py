@@ -130,7 +130,12 @@ def script(body: dict[str, Any], cache_control: str | None, conversations: list[
     pick = []
     if conversations:
         ids = ", ".join(f'"{c}"' for c in conversations)
-        lines += [f"ids = {{{ids}}}", "local headers = {}"]
+        # wrk.format's headers replace wrk.headers: start from a copy of them
+        lines += [
+            f"ids = {{{ids}}}",
+            "local headers = {}",
+            "for name, value in pairs(wrk.headers) do headers[name] = value end",
+        ]
         pick = ['  headers["X-Conversation-Id"] = ids[(counter % #ids) + 1]']
     return "\n".join(
         [

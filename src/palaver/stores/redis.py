@@ -123,6 +123,7 @@ class RedisStore:
         self._limits = limits or Limits()
         self._migrated = False
         client = link.client
+        self._read = client.register_script(redis_scripts.READ)
         self._write = client.register_script(redis_scripts.WRITE)
         self._set_metadata = client.register_script(redis_scripts.SET_METADATA)
         self._delete = client.register_script(redis_scripts.DELETE)
@@ -171,17 +172,14 @@ class RedisStore:
         tombstone = self._key("x", tenant, conversation_id)
 
         async def load(r: Redis) -> list[Any]:
-            async with r.pipeline(transaction=True) as pipe:
-                pipe.hgetall(meta_key)
-                pipe.lrange(list_key, 0, -1)
-                pipe.get(tombstone)
-                found: list[Any] = await pipe.execute()
+            found: list[Any] = await self._read(keys=[meta_key, list_key, tombstone], client=r)
             return found
 
-        meta, raw, dead = await self._run(load)
+        flat, raw, dead = await self._run(load)
         next_epoch = int(dead or 0) + 1
-        if not meta:
+        if not flat:
             return Snapshot(None, [], next_epoch)
+        meta = dict(zip(flat[::2], flat[1::2], strict=True))
         info = ConversationInfo(
             conversation_id,
             tenant,

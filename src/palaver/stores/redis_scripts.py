@@ -186,6 +186,13 @@ return info('ok', meta)
 """
 )
 
+# A conversation as it is: one command, not a MULTI/EXEC pipeline of three.
+# KEYS: meta, messages, tombstone -> {meta as a flat HGETALL, the messages, the tombstone}
+READ = r"""
+return {redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[2], 0, -1),
+  redis.call('GET', KEYS[3])}
+"""
+
 # ARGV: prefix, tenant, id, idle_ttl, metadata (JSON) -> info or {'none'}
 SET_METADATA = (
     PRELUDE

@@ -7,7 +7,7 @@ NODE_CLIENTS := tests/clients/node
 NODE_STAMP := $(NODE_CLIENTS)/node_modules/.installed
 WEB_STAMP := web/node_modules/.installed
 
-.PHONY: run test lint bench image-check clean browser
+.PHONY: run test lint bench bench-peers image-check clean browser
 
 $(STAMP): requirements-dev.lock pyproject.toml scripts/install.sh
 	PYTHON=$(PYTHON) scripts/install.sh $(VENV) requirements-dev.lock --editable
@@ -48,5 +48,16 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench.bench $(BENCH_ARGS)
 
+# LiteLLM's proxy beside palaver in the same run (optional, not in CI): its own venv, pinned.
+PEERS := .venv-peers
+$(PEERS)/.installed: bench/requirements-peers.lock
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install -q --require-hashes -r bench/requirements-peers.lock
+	touch $(PEERS)/.installed
+
+bench-peers: $(STAMP) $(PEERS)/.installed
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m bench.bench --peers $(PEERS)/bin/litellm $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache $(NODE_CLIENTS)/node_modules web/node_modules
+	rm -rf $(VENV) $(PEERS) .mypy_cache .pytest_cache .ruff_cache $(NODE_CLIENTS)/node_modules web/node_modules

@@ -32,11 +32,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
 from typing import Any
 
-from bench import drive
+from bench import drive, peers
 from bench.drive import BYPASS, LOAD_CORE, PINNING, PYTHON, ROOT, SERVER_CORE, Server
 from tests.servers import free_port
 
@@ -45,6 +46,11 @@ MESSAGES = [
     {"role": "user", "content": "Say something about the weather in Paris today, please. __N__"},
 ]
 TURN = [{"role": "user", "content": "And what about tomorrow? __N__"}]
+PLAIN: dict[str, Any] = {"model": "bench-model", "messages": MESSAGES}
+INSTANT: dict[str, Any] = {  # what the upstream is sent directly (its answer's cost alike)
+    "model": "bench-model",
+    "messages": [MESSAGES[0], {"role": "user", "content": "hi"}],
+}
 CONVERSATIONS, HISTORY = 1000, 20
 # Room for the 100 concurrent turns on one conversation (200 messages), each checked kept.
 MAX_MESSAGES = 256
@@ -97,11 +103,30 @@ def _redis(workdir: Path) -> tuple[str | None, subprocess.Popen[bytes] | None]:
     return None, None
 
 
+@dataclass
+class Figures:
+    p50: float  # added latency at c=1, ms
+    p99: float
+    max_ratio: float  # max requests/s, of the upstream's
+    best: float  # sustained requests/s @20 ms
+    best_up: float
+    streams: int  # the largest stall-free N
+
+    @property
+    def sustained_ratio(self) -> float:
+        return self.best / self.best_up if self.best_up else 0.0
+
+    @property
+    def sustained(self) -> str:
+        return f"{self.sustained_ratio:.2f}x ({self.best:.0f}/{self.best_up:.0f})"
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, upstream: Server) -> None:
         self.args = args
         self.upstream = upstream
         self.lines: list[str] = []  # the detail rows, printed under the figures
+        self.compared: list[str] = []  # palaver beside its peers (--peers)
 
     def on_server(self, server: Server) -> None:
         """The server measured gets a core of its own, the load and the upstream the other."""
@@ -132,6 +157,33 @@ class Bench:
             f" {direct.p99_ms:8.2f} {measured.errors:6d}"
         )
         return direct, measured
+
+    def relay_figures(self, server: Server, label: str) -> Figures:
+        """Added latency at c=1, max and sustained requests/s and stall-free streams of
+        ``server`` (palaver, or a peer: ``label`` prefixes its detail rows)."""
+        # added latency at concurrency 1: one p99 is one slow request in a hundred, and either
+        # side may have one; the medians of three alternated runs each are compared
+        runs = [
+            self.pair(f"{label}relay, concurrency 1 ({i})", server, PLAIN, INSTANT, 1)
+            for i in (1, 2, 3)
+        ]
+        p50 = median(m.p50_ms for _, m in runs) - median(d.p50_ms for d, _ in runs)
+        p99 = median(m.p99_ms for _, m in runs) - median(d.p99_ms for d, _ in runs)
+        # max requests/s, instant upstream
+        connections = self.args.connections
+        direct, relay = self.pair(f"{label}relay, no cache", server, PLAIN, INSTANT, connections)
+        # sustained requests/s, 20 ms upstream
+        paced: Body = {**PLAIN, "model": "wait-20ms"}
+        best_up = best = 0.0
+        for count in SUSTAINED_CONNECTIONS:
+            row = f"{label}relay, 20 ms upstream, c={count}"
+            up, measured = self.pair(row, server, paced, {**INSTANT, "model": "wait-20ms"}, count)
+            if _sustained(up):
+                best_up = max(best_up, up.rps)
+            if _sustained(measured):
+                best = max(best, measured.rps)
+        streams = self.streams(server, STREAM_COUNTS)
+        return Figures(p50, p99, relay.rps / direct.rps, best, best_up, streams)
 
     def streams(self, server: Server, counts: tuple[int, ...], pin: bool = True) -> int:
         """The largest N of ``counts`` with every stream smooth, through ``server`` (the bare
@@ -206,63 +258,27 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
         bench = Bench(args, upstream)
         main = palaver("sqlite")
         idle = main.rss_mb()[0]
-        plain: Body = {"model": "bench-model", "messages": MESSAGES}
-        instant: Body = {
-            "model": "bench-model",
-            "messages": [MESSAGES[0], {"role": "user", "content": "hi"}],
-        }
-
-        # added latency at concurrency 1: one p99 is one slow request in a hundred, and either
-        # side may have one; the medians of three alternated runs each are compared
-        runs = [
-            bench.pair(f"relay, concurrency 1 ({i})", main, plain, instant, 1) for i in (1, 2, 3)
-        ]
-        p50 = median(m.p50_ms for _, m in runs) - median(d.p50_ms for d, _ in runs)
-        p99 = median(m.p99_ms for _, m in runs) - median(d.p99_ms for d, _ in runs)
-        rows.append(_check("added latency c=1, p50", f"{p50:.2f} ms", "", True))
-        rows.append(_check("added latency c=1, p99", f"{p99:.2f} ms", "<= 1 ms", p99 <= 1.0))
-
-        # max requests/s, instant upstream
-        c = args.connections
-        direct, relay = bench.pair("relay, no cache", main, plain, instant, c)
-        ratio = relay.rps / direct.rps
-        rows.append(_check("max requests/s", f"{ratio:.2f}x", ">= 0.35x", ratio >= 0.35))
-        if not args.quick:
-            streamed: Body = {**plain, "stream": True}
-            hit: Body = {**plain, "messages": [MESSAGES[0], {"role": "user", "content": "hit me"}]}
-            bench.pair("cache MISS", main, plain, instant, c, None)
-            bench.pair("cache MISS, streaming", main, streamed, instant, c, None)
-            bench.pair("cache hit", main, hit, instant, c, None)
-            bench.pair("cache hit, streaming", main, {**hit, "stream": True}, instant, c, None)
-
-        # sustained requests/s, 20 ms upstream
-        paced: Body = {**plain, "model": "wait-20ms"}
-        best_up = best_pal = 0.0
-        for connections in SUSTAINED_CONNECTIONS:
-            direct, measured = bench.pair(
-                f"relay, 20 ms upstream, c={connections}",
-                main,
-                paced,
-                {**instant, "model": "wait-20ms"},
-                connections,
-            )
-            if _sustained(direct):
-                best_up = max(best_up, direct.rps)
-            if _sustained(measured):
-                best_pal = max(best_pal, measured.rps)
-        ratio = best_pal / best_up if best_up else 0.0
+        figures = bench.relay_figures(main, "")
+        rows.append(_check("added latency c=1, p50", f"{figures.p50:.2f} ms", "", True))
         rows.append(
-            _check(
-                "sustained requests/s @20 ms",
-                f"{ratio:.2f}x ({best_pal:.0f}/{best_up:.0f})",
-                ">= 0.6x",
-                ratio >= 0.6,
-            )
+            _check("added latency c=1, p99", f"{figures.p99:.2f} ms", "<= 1 ms", figures.p99 <= 1)
         )
-
-        # stall-free streams
-        smooth = bench.streams(main, STREAM_COUNTS)
+        ratio = figures.max_ratio
+        rows.append(_check("max requests/s", f"{ratio:.2f}x", ">= 0.35x", ratio >= 0.35))
+        ratio = figures.sustained_ratio
+        rows.append(
+            _check("sustained requests/s @20 ms", figures.sustained, ">= 0.6x", ratio >= 0.6)
+        )
+        smooth = figures.streams
         rows.append(_check("stall-free streams, 1 worker", str(smooth), ">= 512", smooth >= 512))
+        c = args.connections
+        if not args.quick:
+            streamed: Body = {**PLAIN, "stream": True}
+            hit: Body = {**PLAIN, "messages": [MESSAGES[0], {"role": "user", "content": "hit me"}]}
+            bench.pair("cache MISS", main, PLAIN, INSTANT, c, None)
+            bench.pair("cache MISS, streaming", main, streamed, INSTANT, c, None)
+            bench.pair("cache hit", main, hit, INSTANT, c, None)
+            bench.pair("cache hit, streaming", main, {**hit, "stream": True}, INSTANT, c, None)
 
         # conversation turns
         backends = [("sqlite", main), ("memory", palaver("memory"))]
@@ -272,9 +288,9 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
         for backend, server in backends:
             ids = drive.seed(server.url, CONVERSATIONS, HISTORY)
             turns: Body = {"model": "bench-model", "messages": TURN}
-            _, relay = bench.pair(f"{backend}: stateless relay", server, plain, instant, c)
+            _, relay = bench.pair(f"{backend}: stateless relay", server, PLAIN, INSTANT, c)
             _, turned = bench.pair(
-                f"{backend}: conversation turns", server, turns, instant, c, BYPASS, ids
+                f"{backend}: conversation turns", server, turns, INSTANT, c, BYPASS, ids
             )
             ratio = turned.rps / relay.rps
             target = targets[backend]
@@ -315,6 +331,11 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
             rows.append(
                 _check("stall-free streams, --workers 2", str(smooth), ">= 1024", smooth >= 1024)
             )
+            two.stop()
+        if args.peers:
+            peer = peers.start(args.peers, workdir, upstream.url, env)
+            stoppers.append(peer.stop)
+            bench.compared = peers.compare(figures, bench.relay_figures(peer, "litellm: "))
     finally:
         for stop in reversed(stoppers):
             stop()
@@ -329,6 +350,8 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
     )
     for line in bench.lines:
         print(line)
+    for line in bench.compared:
+        print(line)
     return rows
 
 
@@ -341,7 +364,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", type=int, default=32, help="for max requests/s")
     parser.add_argument("--quick", action="store_true", help="the target figures only")
+    parser.add_argument("--peers", metavar="LITELLM", help="also measure LiteLLM's proxy")
     args = parser.parse_args()
+    if args.peers:
+        args.peers = os.path.abspath(args.peers)
+        if not os.access(args.peers, os.X_OK):
+            raise SystemExit(f"{args.peers}: not an executable (make bench-peers installs it)")
     for tool in ("wrk", "node"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed")

@@ -81,9 +81,16 @@ def _children(pid: int) -> list[int]:
     return [int(child) for child in text.split()]
 
 
-def start(name: str, command: list[str], health: str, env: dict[str, str], cwd: Path) -> Server:
+def start(
+    name: str,
+    command: list[str],
+    health: str,
+    env: dict[str, str],
+    cwd: Path,
+    wait: float = 30,
+) -> Server:
     process = subprocess.Popen(command, cwd=cwd, env=env)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"{name}: exited with {process.returncode}")
@@ -96,7 +103,7 @@ def start(name: str, command: list[str], health: str, env: dict[str, str], cwd: 
         except OSError:
             time.sleep(0.1)
     process.kill()
-    raise SystemExit(f"{name}: not healthy after 30 s")
+    raise SystemExit(f"{name}: not healthy after {wait:.0f} s")
 
 
 # -- wrk ---------------------------------------------------------------------------------------

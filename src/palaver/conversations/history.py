@@ -114,7 +114,12 @@ def merge(
         return Merge(arrange(sent), _without_repeats(request, set()))
     history_keys = _Keys(history)  # computed as needed: most turns need a few of them
     request_keys = [message_key(m) for m in request]
-    stored_instructions = {message_key(m) for m in history if is_instruction(m)}
+    # The stored instructions matter only to a request that has instructions of its own.
+    stored_instructions = (
+        {history_keys[i] for i, m in enumerate(history) if is_instruction(m)}
+        if any(is_instruction(m) for m in request)
+        else set()
+    )
     seam = _last_index(request_keys, history_keys[len(history) - 1])
     shared = _shared_start(history, history_keys, request, request_keys) if seam is None else 0
     if shared:
@@ -166,6 +171,8 @@ def _shared_start(
 ) -> int:
     """How far into ``request`` its dialogue (instructions aside) repeats the stored dialogue
     from the start; 0 when fewer than ``MIN_SHARED_START`` messages agree."""
+    if sum(not is_instruction(m) for m in request) < MIN_SHARED_START:
+        return 0  # a request of one new message, as most are
     stored = [i for i, m in enumerate(history) if not is_instruction(m)]
     matched = 0
     end = 0

@@ -194,9 +194,10 @@ class SqliteStore:
                 " ORDER BY seq",
                 (tenant, conversation_id),
             ).fetchall()
+            bodies = orjson.loads("[" + ",".join([r[2] for r in rows]) + "]")  # one parse
             messages = [
-                StoredMessage(r[0], r[1], orjson.loads(r[2]), r[3] and orjson.loads(r[3]))
-                for r in rows
+                StoredMessage(r[0], r[1], body, r[3] and orjson.loads(r[3]))
+                for r, body in zip(rows, bodies, strict=True)
             ]
             return Snapshot(info, messages, info.epoch)
 

@@ -231,7 +231,8 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
         upstream = drive.start(
             "upstream",
             [PYTHON, "-m", "tests.upstream", "--port", str(port)],
-            f"http://127.0.0.1:{port}/v1/models",
+            port,
+            "/v1/models",
             env,
             ROOT,
         )
@@ -248,7 +249,8 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
             server = drive.start(
                 backend if not extra else f"{backend}x2",
                 command,
-                f"http://127.0.0.1:{port}/health",
+                port,
+                "/health",
                 env,
                 workdir,
             )

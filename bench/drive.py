@@ -84,22 +84,24 @@ def _children(pid: int) -> list[int]:
 def start(
     name: str,
     command: list[str],
+    port: int,
     health: str,
     env: dict[str, str],
     cwd: Path,
     wait: float = 30,
 ) -> Server:
+    """``command``, serving the OpenAI API under ``/v1`` on loopback ``port``, once the path
+    ``health`` answers 200."""
+    origin = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(command, cwd=cwd, env=env)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"{name}: exited with {process.returncode}")
         try:
-            with urllib.request.urlopen(health, timeout=1) as response:  # noqa: S310 - loopback
+            with urllib.request.urlopen(origin + health, timeout=1) as response:  # noqa: S310
                 if response.status == 200:
-                    return Server(
-                        name, health.rsplit("/", 1)[0].removesuffix("/v1") + "/v1", process
-                    )
+                    return Server(name, origin + "/v1", process)
         except OSError:
             time.sleep(0.1)
     process.kill()

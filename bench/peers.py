@@ -62,9 +62,7 @@ def start(litellm: str, workdir: Path, upstream: str, env: dict[str, str]) -> Se
         "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true",  # loopback, no keys
         "LITELLM_LOG": "ERROR",
     }
-    health = f"http://127.0.0.1:{port}/health/liveliness"
-    server = drive.start("litellm", command, health, peer_env, workdir, wait=180)
-    return Server(server.name, f"http://127.0.0.1:{port}/v1", server.process)
+    return drive.start("litellm", command, port, "/health/liveliness", peer_env, workdir, wait=180)
 
 
 def compare(ours: Figures, theirs: Figures) -> list[str]:

@@ -29,7 +29,7 @@ def arrange(messages: list[Message]) -> list[Message]:
     """System and developer messages first; the list itself when already so."""
     seen_dialogue = False
     for message in messages:
-        if message.get("role") in INSTRUCTION_ROLES:  # is_instruction, inlined: every turn
+        if is_instruction(message):
             if seen_dialogue:
                 break
         else:
@@ -130,8 +130,6 @@ def fit(
     """``messages`` trimmed to ``limit`` and, with a budget (and ``by_tokens``), to its
     tokens; and how many were dropped. Raises the budget's ``too_long`` when what may not be
     dropped does not fit (with ``by_tokens`` false: when the messages do not fit)."""
-    if budget is None and len(messages) <= limit:
-        return messages, 0
     costs = None if budget is None else budget.costs(messages)
     tokens = None if budget is None or not by_tokens else budget.available
     kept = keep(messages, limit, protect_from, costs, tokens)

@@ -94,11 +94,6 @@ def _record(message: Message, now: float, counts: Counts | None) -> bytes:
     return orjson.dumps({"i": new_item_id(), "t": now, "m": message, "k": counts})
 
 
-def _stored(raw: bytes) -> StoredMessage:
-    record = orjson.loads(raw)
-    return StoredMessage(record["i"], record["t"], record["m"], record.get("k"))
-
-
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -193,7 +188,12 @@ class RedisStore:
         if idle_ttl and info.updated_at < time.time() - idle_ttl:
             await self.delete(conversation_id, tenant)
             return Snapshot(None, [], info.epoch + 1)
-        return Snapshot(info, [_stored(item) for item in raw], info.epoch)
+        records = orjson.loads(b"[" + b",".join(raw) + b"]")  # one parse, not one a message
+        return Snapshot(
+            info,
+            [StoredMessage(r["i"], r["t"], r["m"], r.get("k")) for r in records],
+            info.epoch,
+        )
 
     # -- writing ---------------------------------------------------------------------------
 

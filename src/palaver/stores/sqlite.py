@@ -141,7 +141,7 @@ class SqliteStore:
             f"SELECT seq, body FROM messages WHERE {_MESSAGES} ORDER BY seq",
             (tenant, conversation_id),
         ).fetchall()
-        kept = set(keep([orjson.loads(r[1]) for r in rows], limit))
+        kept = set(keep(orjson.loads("[" + ",".join([r[1] for r in rows]) + "]"), limit))
         db.executemany(
             "DELETE FROM messages WHERE seq = ?",
             [(r[0],) for i, r in enumerate(rows) if i not in kept],

@@ -14,8 +14,10 @@ benchmarks measure, each palaver figure against the bare upstream measured just 
   complete; 1024 also with ``--workers 2``;
 - conversation turns/s on each backend, as a ratio to the stateless relay measured just
   before: each request names one of 1,000 conversations seeded with 20 messages and sends
-  one new message;
-- 100 concurrent turns on one conversation: p99, and the stored conversation checked whole;
+  one new message; the server keeps 20 messages a conversation (``max_messages``), so the
+  histories stay at 20 however long the run, as conversations at their cap do;
+- 100 concurrent turns on one conversation (on servers with room for all 200 messages): p99,
+  and the stored conversation checked whole;
 - resident memory of the worker, idle and at its peak.
 
     python -m bench.bench [--seconds 8] [--quick]
@@ -52,7 +54,10 @@ INSTANT: dict[str, Any] = {  # what the upstream is sent directly (its answer's 
     "messages": [MESSAGES[0], {"role": "user", "content": "hi"}],
 }
 CONVERSATIONS, HISTORY = 1000, 20
-# Room for the 100 concurrent turns on one conversation (200 messages), each checked kept.
+# The turns rows' servers keep HISTORY messages a conversation: every turn's append trims the
+# two oldest, so each request finds a 20-message history however long the run (without a cap,
+# 1,000 conversations grew by 2 messages a turn, to ~80 by the end of a run). The servers of
+# the 100 concurrent turns on one conversation keep MAX_MESSAGES: room for all 200 messages.
 MAX_MESSAGES = 256
 STREAM_COUNTS = (1, 32, 128, 512, 1024)
 SUSTAINED_CONNECTIONS = (64, 256, 1024)
@@ -61,8 +66,10 @@ Row = tuple[str, str, str, bool]  # figure, measured, target, met
 Body = dict[str, Any]
 
 
-def _config(workdir: Path, upstream: str, backend: str, redis_url: str | None) -> Path:
-    path = workdir / f"{backend}.toml"
+def _config(
+    workdir: Path, upstream: str, backend: str, redis_url: str | None, max_messages: int
+) -> Path:
+    path = workdir / f"{backend}-{max_messages}.toml"
     redis = f'\n[redis]\nurl = "{redis_url}"\n' if redis_url else ""
     path.write_text(
         f"""
@@ -76,9 +83,9 @@ enabled = true
 
 [conversations]
 backend = "{backend}"
-path = "{workdir / "bench.sqlite3"}"
+path = "{workdir / f"bench-{max_messages}.sqlite3"}"
 max_active = {CONVERSATIONS * 4}
-max_messages = {MAX_MESSAGES}
+max_messages = {max_messages}
 {redis}"""
     )
     return path
@@ -241,8 +248,8 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
         if redis is not None:
             stoppers.append(redis.kill)
 
-        def palaver(backend: str, *extra: str) -> Server:
-            config = _config(workdir, upstream.url, backend, redis_url)
+        def palaver(backend: str, *extra: str, max_messages: int = HISTORY) -> Server:
+            config = _config(workdir, upstream.url, backend, redis_url, max_messages)
             port = free_port()
             command = [PYTHON, "-m", "palaver", "serve", "--log-level", "warning"]
             command += ["--port", str(port), "--config", str(config), *extra]
@@ -304,7 +311,11 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
                     ratio >= target and not turned.errors,
                 )
             )
-        for backend, server in backends:
+        peak = max(server.rss_mb()[1] for _, server in backends)
+        for _, server in backends:
+            server.stop()
+        roomy = [(backend, palaver(backend, max_messages=MAX_MESSAGES)) for backend, _ in backends]
+        for backend, server in roomy:
             bench.on_server(server)
             concurrent = drive.concurrent_turns(server.url, "bench-model", 100)
             rows.append(
@@ -316,7 +327,7 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
                     concurrent.p99_ms < 300 and concurrent.kept and not concurrent.errors,
                 )
             )
-        peak = max(server.rss_mb()[1] for _, server in backends)
+        peak = max(peak, *(server.rss_mb()[1] for _, server in roomy))
         rows.append(
             _check(
                 "RSS idle / peak",
@@ -325,9 +336,9 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
                 idle < 60 and peak < 150,
             )
         )
+        for _, server in roomy:
+            server.stop()
         if not args.quick:
-            for _, server in backends:
-                server.stop()
             two = palaver("sqlite", "--workers", "2")
             smooth = bench.streams(two, (512, 1024), pin=False)
             rows.append(

@@ -126,6 +126,33 @@ async def test_a_stalled_command_times_out_once_at_half_a_second() -> None:
             await link.close()
 
 
+# --- Redis forgot the scripts (restarted, or SCRIPT FLUSH): they are sent again -------------
+
+
+async def test_reads_and_writes_survive_a_script_flush() -> None:
+    redis_url_or_skip()
+    port = free_port()
+    with private_redis(port):
+        link = RedisLink(f"redis://127.0.0.1:{port}/0", "flush:")
+        admin = sync_redis.Redis(port=port)
+        try:
+            store = RedisStore(link)
+            first = await store.append("c", "t", [user("q1"), user("a1")], epoch=1)
+            admin.script_flush()
+            snapshot = await store.load("c", "t")  # the read script, unknown again: resent
+            assert [m.message["content"] for m in snapshot.messages] == ["q1", "a1"]
+            admin.script_flush()
+            turn = new_turn_id()
+            await store.append("c", "t", [user("q2"), user("a2")], epoch=first.epoch, turn=turn)
+            again = await store.load("c", "t")
+            assert [m.message["content"] for m in again.messages] == ["q1", "a1", "q2", "a2"]
+            assert again.info is not None
+            assert again.info.message_count == 4
+        finally:
+            admin.close()
+            await link.close()
+
+
 # --- an append is applied exactly once or not at all ------------------------------------------
 
 

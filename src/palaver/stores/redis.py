@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
+from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 from redis.typing import EncodableT
 
@@ -159,6 +160,17 @@ class RedisStore:
         except RedisDown:
             raise unavailable() from None
 
+    async def _run_on(self, call: Callable[[Connection], Awaitable[T]]) -> T:
+        """Like ``_run``, with one pooled connection for ``call``."""
+        try:
+            if not self._migrated:
+                await self._link.run(self._migrate)
+            return await self._link.on_connection(call)
+        except RedisBusy:
+            raise busy() from None
+        except RedisDown:
+            raise unavailable() from None
+
     # -- reading ---------------------------------------------------------------------------
 
     async def load(self, conversation_id: str, tenant: str) -> Snapshot:
@@ -166,11 +178,10 @@ class RedisStore:
         list_key = self._key("l", tenant, conversation_id)
         tombstone = self._key("x", tenant, conversation_id)
 
-        async def load(r: Redis) -> list[Any]:
-            found: list[Any] = await self._read(keys=[meta_key, list_key, tombstone], client=r)
-            return found
+        async def load(connection: Connection) -> list[Any]:
+            return await self._eval(connection, self._read, [meta_key, list_key, tombstone], [])
 
-        flat, raw, dead = await self._run(load)
+        flat, raw, dead = await self._run_on(load)
         next_epoch = int(dead or 0) + 1
         if not flat:
             return Snapshot(None, [], next_epoch)
@@ -247,7 +258,7 @@ class RedisStore:
             if deadline is None:
                 deadline = time.time() + offset + COMMIT_WINDOW
                 args[6] = repr(deadline)
-            return await self._eval(connection, keys, args)
+            return await self._eval(connection, self._write, keys, args)
 
         if self._link.down:  # known unreachable: nothing is sent
             raise unavailable()
@@ -270,14 +281,16 @@ class RedisStore:
             raise AlreadyExists(conversation_id)
         raise unavailable()  # "late": it reached Redis after its deadline and did nothing
 
+    @staticmethod
     async def _eval(
-        self, connection: Connection, keys: list[str], args: list[EncodableT]
+        connection: Connection, script: AsyncScript, keys: list[str], args: list[EncodableT]
     ) -> list[Any]:
-        await connection.send_command("EVALSHA", self._write.sha, len(keys), *keys, *args)
+        """``script`` run on ``connection``, sent as is (the client's command layers skipped)."""
+        await connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
             reply: list[Any] = await connection.read_response()
         except NoScriptError:  # Redis restarted or its scripts were flushed: nothing ran
-            await connection.send_command("EVAL", redis_scripts.WRITE, len(keys), *keys, *args)
+            await connection.send_command("EVAL", script.script, len(keys), *keys, *args)
             reply = await connection.read_response()
         return reply
 

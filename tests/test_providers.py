@@ -103,6 +103,30 @@ def test_chunk_gaps_are_bounded_by_chunk_timeout_not_first_byte() -> None:
     assert events[-1] == b"data: [DONE]"
 
 
+def test_chunk_timeout_bounds_each_gap_however_long_the_stream() -> None:
+    """A stream several times as long as chunk_timeout, its chunks closer than that, comes
+    whole; one that then stalls ends with an error event about chunk_timeout later."""
+    words = " ".join(f"w{i}" for i in range(12))
+    body = {"model": "m", "messages": [{"role": "user", "content": words}], "stream": True}
+    with run_upstream("a") as a, run_palaver([provider_entry(a, chunk_timeout=0.4)]) as url:
+        a.behave(chunk_delay=0.15)  # 14 chunks over ~2 s: five chunk_timeouts
+        whole = _sse(url, body)
+        a.behave(chunk_delay=0.15, stall_after=8)
+        started = time.monotonic()
+        cut = _sse(url, body)
+        took = time.monotonic() - started
+    assert whole[-1] == b"data: [DONE]"
+    chunks = [orjson.loads(e.removeprefix(b"data: ")) for e in whole[:-1]]
+    assert all("error" not in c for c in chunks)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == f"[a] {words}"
+    error = orjson.loads(cut[-2].removeprefix(b"data: "))["error"]
+    assert error["code"] == "upstream_timeout"
+    assert cut[-1] == b"data: [DONE]"
+    assert len(cut) == 8 + 2  # the chunks sent before the stall, the error, [DONE]
+    assert 7 * 0.15 + 0.4 <= took < 7 * 0.15 + 1.2, took
+
+
 def _sse(url: str, body: dict[str, Any] | None = None) -> list[bytes]:
     body = body or {"model": "m", "messages": USER, "stream": True}
     with httpx.Client(timeout=20) as http:

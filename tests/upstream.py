@@ -43,6 +43,7 @@ class Behaviour:
     first_byte_delay: float = 0.0
     chunk_delay: float = 0.0
     cut_after: int | None = None
+    stall_after: int | None = None  # a stream sends this many chunks, then nothing
     not_json: bool = False
     times: int | None = None  # how many requests it applies to; None: all of them
 
@@ -301,6 +302,9 @@ class Upstream:
         for count, chunk in enumerate(self.chunks(payload)):
             if behaviour.cut_after is not None and count >= behaviour.cut_after:
                 raise CutConnection("cut mid-stream on purpose")
+            if behaviour.stall_after is not None and count >= behaviour.stall_after:
+                await self._wait_disconnect(receive, None)
+                return
             if (
                 count
                 and behaviour.chunk_delay

@@ -41,19 +41,20 @@ def arrange(messages: list[Message]) -> list[Message]:
     ]
 
 
-def _units(messages: Sequence[Message]) -> list[list[int]]:
-    """Indices grouped into units that are kept or dropped whole."""
-    units: list[list[int]] = []
+def _units(messages: Sequence[Message]) -> list[tuple[int, list[int]]]:
+    """Indices grouped into units that are kept or dropped whole, each with its class (the
+    rank of its first message's role)."""
+    units: list[tuple[int, list[int]]] = []
     open_calls: dict[str, list[int]] = {}
     for index, message in enumerate(messages):
-        role = message.get("role")
+        role = message.get("role", "")
         if role == "tool":
             unit = open_calls.get(str(message.get("tool_call_id")))
             if unit is not None:
                 unit.append(index)
                 continue
         unit = [index]
-        units.append(unit)
+        units.append((_RANK.get(role, 0), unit))
         if role == "assistant":
             for call in message.get("tool_calls") or ():
                 if isinstance(call, dict) and "id" in call:
@@ -85,20 +86,21 @@ def keep(
     floor = newest_user_index(messages)
     if protect_from is not None:
         floor = min(floor, protect_from)
-    candidates = [
-        (_RANK.get(messages[unit[0]].get("role", ""), 0), unit[0], unit)
-        for unit in _units(messages)
-        if unit[-1] < floor
-    ]
-    candidates.sort(key=lambda c: (c[0], c[1]))
+    candidates = [(rank, unit) for rank, unit in _units(messages) if unit[-1] < floor]
     dropped: set[int] = set()
-    for _, _, unit in candidates:
-        if excess <= 0 and over <= 0:
-            break
-        dropped.update(unit)
-        excess -= len(unit)
-        if costs is not None:
-            over -= sum(costs[i] for i in unit)
+    # Oldest first within a class, the lowest class first: one pass a class, in order (the
+    # units are in order), until enough has gone: a sort of the candidates by (class,
+    # position) without sorting them.
+    for rank in (0, 1, 2):
+        for unit_rank, unit in candidates:
+            if excess <= 0 and over <= 0:
+                return [i for i in range(len(messages)) if i not in dropped]
+            if unit_rank != rank:
+                continue
+            dropped.update(unit)
+            excess -= len(unit)
+            if costs is not None:
+                over -= sum(costs[i] for i in unit)
     return [i for i in range(len(messages)) if i not in dropped]
 
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Protocol
 
 from palaver.protocol import Message
@@ -87,20 +88,15 @@ def keep(
     if protect_from is not None:
         floor = min(floor, protect_from)
     candidates = [(rank, unit) for rank, unit in _units(messages) if unit[-1] < floor]
+    candidates.sort(key=itemgetter(0))  # the lowest class first; stable: oldest first in it
     dropped: set[int] = set()
-    # Oldest first within a class, the lowest class first: one pass a class, in order (the
-    # units are in order), until enough has gone: a sort of the candidates by (class,
-    # position) without sorting them.
-    for rank in (0, 1, 2):
-        for unit_rank, unit in candidates:
-            if excess <= 0 and over <= 0:
-                return [i for i in range(len(messages)) if i not in dropped]
-            if unit_rank != rank:
-                continue
-            dropped.update(unit)
-            excess -= len(unit)
-            if costs is not None:
-                over -= sum(costs[i] for i in unit)
+    for _, unit in candidates:
+        if excess <= 0 and over <= 0:
+            break
+        dropped.update(unit)
+        excess -= len(unit)
+        if costs is not None:
+            over -= sum(costs[i] for i in unit)
     return [i for i in range(len(messages)) if i not in dropped]
 
 

@@ -151,21 +151,18 @@ class RedisStore:
         return [*keys, f"{self._p}{{conv}}:lru", f"{self._p}{{conv}}:t:{tenant or '-'}"]
 
     async def _run(self, call: Callable[[Redis], Awaitable[T]]) -> T:
-        try:
-            if not self._migrated:
-                await self._link.run(self._migrate)
-            return await self._link.run(call)
-        except RedisBusy:
-            raise busy() from None
-        except RedisDown:
-            raise unavailable() from None
+        return await self._guarded(lambda: self._link.run(call))
 
     async def _run_on(self, call: Callable[[Connection], Awaitable[T]]) -> T:
         """Like ``_run``, with one pooled connection for ``call``."""
+        return await self._guarded(lambda: self._link.on_connection(call))
+
+    async def _guarded(self, send: Callable[[], Awaitable[T]]) -> T:
+        """``send()`` once the layout is migrated, the link's failures told as HTTP errors."""
         try:
             if not self._migrated:
                 await self._link.run(self._migrate)
-            return await self._link.on_connection(call)
+            return await send()
         except RedisBusy:
             raise busy() from None
         except RedisDown:

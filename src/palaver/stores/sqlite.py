@@ -42,6 +42,12 @@ _WHERE = "tenant = ? AND id = ?"
 _MESSAGES = "tenant = ? AND conversation_id = ?"
 
 
+def _bodies(texts: list[str]) -> list[Message]:
+    """The JSON bodies of a conversation's rows, parsed in one call, not one a row."""
+    parsed: list[Message] = orjson.loads("[" + ",".join(texts) + "]")
+    return parsed
+
+
 def _info(row: Any) -> ConversationInfo:
     return ConversationInfo(row[0], row[1], row[2], row[3], row[4], orjson.loads(row[5]), row[6])
 
@@ -141,7 +147,7 @@ class SqliteStore:
             f"SELECT seq, body FROM messages WHERE {_MESSAGES} ORDER BY seq",
             (tenant, conversation_id),
         ).fetchall()
-        kept = set(keep(orjson.loads("[" + ",".join([r[1] for r in rows]) + "]"), limit))
+        kept = set(keep(_bodies([r[1] for r in rows]), limit))
         db.executemany(
             "DELETE FROM messages WHERE seq = ?",
             [(r[0],) for i, r in enumerate(rows) if i not in kept],
@@ -194,7 +200,7 @@ class SqliteStore:
                 " ORDER BY seq",
                 (tenant, conversation_id),
             ).fetchall()
-            bodies = orjson.loads("[" + ",".join([r[2] for r in rows]) + "]")  # one parse
+            bodies = _bodies([r[2] for r in rows])
             messages = [
                 StoredMessage(r[0], r[1], body, r[3] and orjson.loads(r[3]))
                 for r, body in zip(rows, bodies, strict=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -28,6 +29,18 @@ Message = dict[str, Any]
 
 def user(text: str) -> Message:
     return {"role": "user", "content": text}
+
+
+@asynccontextmanager
+async def _private_link(port: int, prefix: str) -> AsyncIterator[tuple[RedisLink, Any]]:
+    """A link to the private Redis on ``port`` and an admin client to it; both closed after."""
+    link = RedisLink(f"redis://127.0.0.1:{port}/0", prefix)
+    admin = sync_redis.Redis(port=port)
+    try:
+        yield link, admin
+    finally:
+        admin.close()
+        await link.close()
 
 
 @pytest.fixture
@@ -108,9 +121,7 @@ async def test_a_stalled_command_times_out_once_at_half_a_second() -> None:
     redis_url_or_skip()
     port = free_port()
     with private_redis(port):
-        link = RedisLink(f"redis://127.0.0.1:{port}/0", "stall:")
-        admin = sync_redis.Redis(port=port)
-        try:
+        async with _private_link(port, "stall:") as (link, admin):
             assert await link.run(lambda r: r.ping())
             stall = asyncio.create_task(asyncio.to_thread(admin.execute_command, "DEBUG SLEEP 1.5"))
             await asyncio.sleep(0.1)
@@ -121,9 +132,6 @@ async def test_a_stalled_command_times_out_once_at_half_a_second() -> None:
             await stall
             assert 0.4 < took < 0.8, took  # one 0.5 s timeout, not one per silent retry
             assert admin.get("counter") == b"1"  # sent once: redis-py retried nothing
-        finally:
-            admin.close()
-            await link.close()
 
 
 # --- Redis forgot the scripts (restarted, or SCRIPT FLUSH): they are sent again -------------
@@ -133,9 +141,7 @@ async def test_reads_and_writes_survive_a_script_flush() -> None:
     redis_url_or_skip()
     port = free_port()
     with private_redis(port):
-        link = RedisLink(f"redis://127.0.0.1:{port}/0", "flush:")
-        admin = sync_redis.Redis(port=port)
-        try:
+        async with _private_link(port, "flush:") as (link, admin):
             store = RedisStore(link)
             first = await store.append("c", "t", [user("q1"), user("a1")], epoch=1)
             admin.script_flush()
@@ -148,9 +154,6 @@ async def test_reads_and_writes_survive_a_script_flush() -> None:
             assert [m.message["content"] for m in again.messages] == ["q1", "a1", "q2", "a2"]
             assert again.info is not None
             assert again.info.message_count == 4
-        finally:
-            admin.close()
-            await link.close()
 
 
 # --- an append is applied exactly once or not at all ------------------------------------------
@@ -182,10 +185,8 @@ async def test_append_during_a_stall_is_stored_once_or_not_at_all() -> None:
     port = free_port()
     with private_redis(port):
         for stall in (0.8, 2.5):  # shorter than the commit window, then longer
-            link = RedisLink(f"redis://127.0.0.1:{port}/0", f"stall{stall}:")
-            store = RedisStore(link, Limits(max_messages=1000))
-            admin = sync_redis.Redis(port=port)
-            try:
+            async with _private_link(port, f"stall{stall}:") as (link, admin):
+                store = RedisStore(link, Limits(max_messages=1000))
                 await store.append("c", "t", [user("seed")], epoch=1)
                 sleeper = asyncio.create_task(
                     asyncio.to_thread(admin.execute_command, f"DEBUG SLEEP {stall}")
@@ -211,6 +212,3 @@ async def test_append_during_a_stall_is_stored_once_or_not_at_all() -> None:
                     assert results[0]  # learnt from a repeat that Redis had applied it
                 else:
                     assert not any(results)  # every copy reached Redis after its deadline
-            finally:
-                admin.close()
-                await link.close()

@@ -92,3 +92,31 @@ def test_version() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"palaver {metadata.version('palaver')}"
+
+
+def test_two_processes_on_one_conversation_file_each_see_every_turn(tmp_path: Path) -> None:
+    """Two servers sharing the SQLite file (as workers or replicas on one disk do), turns
+    alternating between them: each finds the other's last turn in the history it loads, even
+    though it keeps the conversation it last saw decoded in memory."""
+    with (
+        palaver_process(env={}, cwd=tmp_path) as one,
+        palaver_process(env={}, cwd=tmp_path) as two,
+        openai.OpenAI(base_url=one + "/v1", api_key="none", max_retries=0) as first,
+        openai.OpenAI(base_url=two + "/v1", api_key="none", max_retries=0) as second,
+    ):
+        prompts = []
+        for turn in range(6):
+            client = first if turn % 2 == 0 else second
+            reply = client.chat.completions.create(
+                model="echo",
+                messages=[{"role": "user", "content": f"turn {turn}"}],
+                extra_body={"conversation": "shared"},
+            )
+            assert reply.choices[0].message.content == f"turn {turn}"
+            assert reply.usage is not None
+            prompts.append(reply.usage.prompt_tokens)
+        assert prompts == sorted(set(prompts)), prompts  # each turn saw one more
+        for client in (first, second):
+            items = client.conversations.items.list("shared", order="asc")
+            texts = [item.content[0].text for item in items.data]  # type: ignore[index,union-attr]
+            assert texts == [text for n in range(6) for text in (f"turn {n}", f"turn {n}")]

@@ -6,6 +6,8 @@ transaction, each in a savepoint (group commit, ``sqlite_batch``). WAL mode lets
 the writer; ``BEGIN IMMEDIATE`` and a busy timeout serialise writers across processes, so
 concurrent turns on one conversation never lose a message. The schema is versioned
 (``PRAGMA user_version``) and older files are migrated when opened (``sqlite_schema``).
+Recently used conversations are kept decoded (``sqlite_cache``): a turn reads their rows again
+only when a write, of this process or another, changed them since.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from palaver.stores.base import (
     new_item_id,
 )
 from palaver.stores.sqlite_batch import Batcher, Db
+from palaver.stores.sqlite_cache import PER_MESSAGE, Key, Recent, Rows, Version
 from palaver.stores.sqlite_schema import migrate
 
 T = TypeVar("T")
@@ -40,12 +43,27 @@ T = TypeVar("T")
 _INFO = "id, tenant, created_at, updated_at, message_count, metadata, epoch"
 _WHERE = "tenant = ? AND id = ?"
 _MESSAGES = "tenant = ? AND conversation_id = ?"
+# The conversation and its version (``sqlite_cache``): the largest seq of its messages (0 for
+# none; one step down the index the messages are read by) and their count.
+_FIND = (
+    f"SELECT {_INFO}, (SELECT coalesce(max(seq), 0) FROM messages"
+    " WHERE tenant = ?1 AND conversation_id = ?2) FROM conversations WHERE tenant = ?1 AND id = ?2"
+)
 
 
 def _bodies(texts: list[str]) -> list[Message]:
     """The JSON bodies of a conversation's rows, parsed in one call, not one a row."""
     parsed: list[Message] = orjson.loads("[" + ",".join(texts) + "]")
     return parsed
+
+
+def _stored(rows: list[Any]) -> list[StoredMessage]:
+    """Rows of (item_id, created_at, body, tokens) as messages."""
+    bodies = _bodies([r[2] for r in rows])
+    return [
+        StoredMessage(r[0], r[1], body, r[3] and orjson.loads(r[3]))
+        for r, body in zip(rows, bodies, strict=True)
+    ]
 
 
 def _info(row: Any) -> ConversationInfo:
@@ -59,6 +77,7 @@ class SqliteStore:
         self._path = path
         self._limits = limits or Limits()
         self._batcher = Batcher()
+        self._recent = Recent()  # touched on the store's thread only
 
     async def open(self) -> None:
         await self._batcher.run(self._open)
@@ -81,10 +100,11 @@ class SqliteStore:
 
     # -- helpers run inside a transaction ------------------------------------------------------
 
-    def _find(self, db: Db, conversation_id: str, tenant: str) -> ConversationInfo | None:
-        row = db.execute(
-            f"SELECT {_INFO} FROM conversations WHERE {_WHERE}", (tenant, conversation_id)
-        ).fetchone()
+    def _find(
+        self, db: Db, conversation_id: str, tenant: str
+    ) -> tuple[ConversationInfo, Version] | None:
+        """The conversation and the version of its messages, if it is there."""
+        row = db.execute(_FIND, (tenant, conversation_id)).fetchone()
         if row is None:
             return None
         info = _info(row)
@@ -92,7 +112,31 @@ class SqliteStore:
         if idle_ttl and info.updated_at < time.time() - idle_ttl:
             self._remove(db, [(tenant, conversation_id, info.epoch)])
             return None
-        return info
+        return info, (info.epoch, row[7], info.message_count)
+
+    def _rows(self, db: Db, key: Key, version: Version) -> Rows:
+        """The conversation's messages, kept decoded from the last time if they are fresh."""
+        rows = self._recent.get(key, version)
+        if rows is None:
+            rows = self._select(db, key, version)
+            self._remember(key, rows)
+        return rows
+
+    @staticmethod
+    def _select(db: Db, key: Key, version: Version) -> Rows:
+        found = db.execute(
+            f"SELECT seq, item_id, created_at, body, tokens FROM messages WHERE {_MESSAGES}"
+            " ORDER BY seq",
+            key,
+        ).fetchall()
+        size = sum(len(r[3]) + len(r[4] or "") for r in found) + PER_MESSAGE * len(found)
+        return Rows(version, [r[0] for r in found], _stored([r[1:] for r in found]), size)
+
+    def _remember(self, key: Key, rows: Rows) -> None:
+        """Keep ``rows``; forget them if what this call wrote is rolled back."""
+        recent = self._recent
+        recent.put(key, rows)
+        self._batcher.undo(lambda: recent.forget(key))
 
     @staticmethod
     def _next_epoch(db: Db, conversation_id: str, tenant: str) -> int:
@@ -101,11 +145,12 @@ class SqliteStore:
         ).fetchone()
         return 1 if row is None else int(row[0]) + 1
 
-    @staticmethod
-    def _remove(db: Db, doomed: list[tuple[str, str, int]]) -> None:
+    def _remove(self, db: Db, doomed: list[tuple[str, str, int]]) -> None:
         """Delete conversations (tenant, id, epoch), leaving their tombstones."""
         now = time.time()
         pairs = [(tenant, cid) for tenant, cid, _ in doomed]
+        for pair in pairs:
+            self._recent.forget(pair)
         db.executemany(f"DELETE FROM messages WHERE {_MESSAGES}", pairs)
         db.executemany(f"DELETE FROM conversations WHERE {_WHERE}", pairs)
         db.executemany(
@@ -113,46 +158,61 @@ class SqliteStore:
             [(tenant, cid, epoch, now) for tenant, cid, epoch in doomed],
         )
 
-    @staticmethod
-    def _insert(
+    def _add(
+        self,
         db: Db,
-        conversation_id: str,
-        tenant: str,
+        info: ConversationInfo,
+        prior: Rows | None,
         messages: list[Message],
         now: float,
         counts: Sequence[Counts] | None = None,
     ) -> None:
-        db.executemany(
-            "INSERT INTO messages (tenant, conversation_id, item_id, created_at, body, tokens)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    tenant,
-                    conversation_id,
-                    new_item_id(),
-                    now,
-                    orjson.dumps(m).decode(),
-                    None if c is None else orjson.dumps(c).decode(),
+        """Insert ``messages`` into the conversation whose rows are ``prior`` (None: not known
+        here) and trim it to ``max_messages`` by instruction priority; sets its message count
+        and keeps its rows as they now are, when they are known."""
+        key = (info.tenant, info.id)
+        seqs: list[int] = []
+        added: list[StoredMessage] = []
+        size = 0
+        for message, c in counted(messages, counts):
+            body = orjson.dumps(message).decode()
+            tokens = None if c is None else orjson.dumps(c).decode()
+            item = new_item_id()
+            cursor = db.execute(
+                "INSERT INTO messages (tenant, conversation_id, item_id, created_at, body, tokens)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (info.tenant, info.id, item, now, body, tokens),
+            )
+            seqs.append(cursor.lastrowid or 0)
+            # as a read would give it back, whatever the caller does with ``message`` later
+            added.append(
+                StoredMessage(
+                    item, now, orjson.loads(body), None if tokens is None else orjson.loads(tokens)
                 )
-                for m, c in counted(messages, counts)
-            ],
-        )
-
-    def _trim(self, db: Db, conversation_id: str, tenant: str, count: int) -> int:
-        """Trim to ``max_messages`` by instruction priority; the count that remains."""
+            )
+            size += len(body) + len(tokens or "") + PER_MESSAGE
+        count = info.message_count + len(added)
+        rows = None
+        if prior is not None:
+            rows = Rows(prior.version, prior.seqs + seqs, prior.messages + added, prior.size + size)
         limit = self._limits.max_messages
-        if count <= limit:
-            return count
-        rows = db.execute(
-            f"SELECT seq, body FROM messages WHERE {_MESSAGES} ORDER BY seq",
-            (tenant, conversation_id),
-        ).fetchall()
-        kept = set(keep(_bodies([r[1] for r in rows]), limit))
-        db.executemany(
-            "DELETE FROM messages WHERE seq = ?",
-            [(r[0],) for i, r in enumerate(rows) if i not in kept],
-        )
-        return len(kept)
+        if count > limit:
+            rows = rows or self._select(db, key, prior.version if prior else (0, 0, 0))
+            kept = keep([s.message for s in rows.messages], limit)
+            chosen = set(kept)
+            db.executemany(
+                "DELETE FROM messages WHERE seq = ?",
+                [(seq,) for i, seq in enumerate(rows.seqs) if i not in chosen],
+            )
+            size = rows.size * len(kept) // max(len(rows.seqs), 1)
+            rows = Rows(
+                rows.version, [rows.seqs[i] for i in kept], [rows.messages[i] for i in kept], size
+            )
+            count = len(kept)
+        info.message_count = count
+        if rows is not None:
+            rows.version = (info.epoch, rows.seqs[-1] if rows.seqs else 0, count)
+            self._remember(key, rows)
 
     def _evict(self, db: Db) -> int:
         """Remove the least recently used past ``max_active``; forget old tombstones."""
@@ -179,8 +239,7 @@ class SqliteStore:
             f"INSERT INTO conversations ({_INFO}) VALUES (?, ?, ?, ?, 0, ?, ?)",
             (info.id, info.tenant, now, now, orjson.dumps(info.metadata).decode(), info.epoch),
         )
-        self._insert(db, info.id, info.tenant, messages, now, counts)
-        info.message_count = self._trim(db, info.id, info.tenant, len(messages))
+        self._add(db, info, None, messages, now, counts)
         db.execute(
             f"UPDATE conversations SET message_count = ? WHERE {_WHERE}",
             (info.message_count, info.tenant, info.id),
@@ -192,20 +251,12 @@ class SqliteStore:
 
     async def load(self, conversation_id: str, tenant: str) -> Snapshot:
         def load(db: Db) -> Snapshot:
-            info = self._find(db, conversation_id, tenant)
-            if info is None:
+            found = self._find(db, conversation_id, tenant)
+            if found is None:
                 return Snapshot(None, [], self._next_epoch(db, conversation_id, tenant))
-            rows = db.execute(
-                f"SELECT item_id, created_at, body, tokens FROM messages WHERE {_MESSAGES}"
-                " ORDER BY seq",
-                (tenant, conversation_id),
-            ).fetchall()
-            bodies = _bodies([r[2] for r in rows])
-            messages = [
-                StoredMessage(r[0], r[1], body, r[3] and orjson.loads(r[3]))
-                for r, body in zip(rows, bodies, strict=True)
-            ]
-            return Snapshot(info, messages, info.epoch)
+            info, version = found
+            rows = self._rows(db, (tenant, conversation_id), version)
+            return Snapshot(info, list(rows.messages), info.epoch)
 
         # An idle-expired conversation is removed as it is found: that read writes.
         return await self._batcher.call(load, bool(self._limits.idle_ttl))
@@ -235,18 +286,17 @@ class SqliteStore:
     ) -> ConversationInfo:
         def append(db: Db) -> ConversationInfo:
             now = time.time()
-            info = self._find(db, conversation_id, tenant)
-            if info is None:
+            found = self._find(db, conversation_id, tenant)
+            if found is None:
                 if epoch != self._next_epoch(db, conversation_id, tenant):
                     raise Gone(conversation_id)
                 started = ConversationInfo(conversation_id, tenant, now, now, epoch=epoch)
                 return self._start(db, started, messages, now, counts)
+            info, version = found
             if info.epoch != epoch:
                 raise Gone(conversation_id)
-            self._insert(db, conversation_id, tenant, messages, now, counts)
-            info.message_count = self._trim(
-                db, conversation_id, tenant, info.message_count + len(messages)
-            )
+            prior = self._recent.get((tenant, conversation_id), version)
+            self._add(db, info, prior, messages, now, counts)
             info.updated_at = now
             db.execute(
                 f"UPDATE conversations SET updated_at = ?, message_count = ? WHERE {_WHERE}",
@@ -260,9 +310,10 @@ class SqliteStore:
         self, conversation_id: str, tenant: str, metadata: dict[str, str]
     ) -> ConversationInfo | None:
         def update(db: Db) -> ConversationInfo | None:
-            info = self._find(db, conversation_id, tenant)
-            if info is None:
+            found = self._find(db, conversation_id, tenant)
+            if found is None:
                 return None
+            info = found[0]
             db.execute(
                 f"UPDATE conversations SET metadata = ? WHERE {_WHERE}",
                 (orjson.dumps(metadata).decode(), tenant, conversation_id),
@@ -274,10 +325,10 @@ class SqliteStore:
 
     async def delete(self, conversation_id: str, tenant: str) -> bool:
         def delete(db: Db) -> bool:
-            info = self._find(db, conversation_id, tenant)
-            if info is None:
+            found = self._find(db, conversation_id, tenant)
+            if found is None:
                 return False
-            self._remove(db, [(tenant, conversation_id, info.epoch)])
+            self._remove(db, [(tenant, conversation_id, found[0].epoch)])
             return True
 
         return await self._write(delete)

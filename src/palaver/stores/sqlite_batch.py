@@ -14,6 +14,10 @@ them in order in one transaction, each inside a savepoint, so that
 
 Under load this is group commit: at 32 concurrent turns, a commit carries several of them.
 A call alone in its batch is a transaction by itself, as before.
+
+A call that keeps something outside the database along with what it writes (the store's
+decoded conversations) registers how to forget it with ``undo``: it runs if what the call
+wrote is rolled back, alone or with its batch.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class Batcher:
         self._lock = threading.Lock()
         self._waiting: list[_Call] = []
         self._draining = False  # a drain is queued or running on the thread
+        self._undo: list[Callable[[], None]] = []  # of the batch's calls so far
         self.db: Db | None = None
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -64,6 +69,10 @@ class Batcher:
             self._thread.submit(self._drain, loop)
         result: T = await call.future
         return result
+
+    def undo(self, hook: Callable[[], None]) -> None:
+        """On the thread, within a call: run ``hook`` if what the call wrote is rolled back."""
+        self._undo.append(hook)
 
     def close_db(self) -> None:
         db, self.db = self.db, None
@@ -101,24 +110,36 @@ class Batcher:
             for call in batch:
                 call.error = exc
             return
+        undo = self._undo
         try:
             for call in batch:
                 if alone:
                     call.result = call.fn(db)
                     continue
                 db.execute("SAVEPOINT call")
+                before = len(undo)
                 try:
                     call.result = call.fn(db)
                 except Exception as exc:
                     db.execute("ROLLBACK TO call")
                     call.error = exc
+                    _run(undo[before:])
+                    del undo[before:]
                 db.execute("RELEASE call")
             db.execute("COMMIT")
         except Exception as exc:  # the call alone raised, or the commit failed: nothing written
             if db.in_transaction:
                 db.execute("ROLLBACK")
+            _run(undo)
             for call in batch:
                 call.result, call.error = None, exc
+        finally:
+            undo.clear()
+
+
+def _run(hooks: list[Callable[[], None]]) -> None:
+    for hook in reversed(hooks):
+        hook()
 
 
 def _settle(batch: list[_Call]) -> None:

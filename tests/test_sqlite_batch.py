@@ -71,6 +71,36 @@ async def test_calls_arriving_together_commit_once_and_a_failing_one_alone_is_un
         batcher.shutdown()
 
 
+async def test_a_read_failing_in_a_batch_fails_alone_without_a_savepoint(tmp_path: Path) -> None:
+    batcher, statements = await _batcher(tmp_path)
+    try:
+        statements.clear()
+        busy = threading.Event()
+        blocker = asyncio.ensure_future(batcher.run(busy.wait))
+
+        def bad_read(db: Db) -> None:
+            db.execute("SELECT nope FROM t")
+
+        calls = asyncio.gather(
+            batcher.call(_insert(1), True),
+            batcher.call(bad_read, False),
+            batcher.call(_insert(2), True),
+            return_exceptions=True,
+        )
+        await asyncio.sleep(0.05)
+        busy.set()
+        await blocker
+        results: list[Any] = list(await calls)
+        assert results[::2] == [1, 2]
+        assert isinstance(results[1], sqlite3.OperationalError)
+        assert statements.count("SAVEPOINT call") == 2  # the writes' only
+        assert statements.count("COMMIT") == 1
+        assert await _values(batcher) == [1, 2]
+    finally:
+        batcher.close_db()
+        batcher.shutdown()
+
+
 async def test_a_failed_commit_writes_nothing_of_its_batch(tmp_path: Path) -> None:
     batcher, _ = await _batcher(tmp_path)
     try:

@@ -6,7 +6,7 @@ one transaction each: the thread takes all that are waiting (up to ``MAX_BATCH``
 them in order in one transaction, each inside a savepoint, so that
 
 - each call is still atomic: one that raises is rolled back to its savepoint alone, and the
-  caller gets its exception; the others are kept;
+  caller gets its exception; the others are kept (a call that only reads needs no savepoint);
 - each sees what the calls before it did, exactly as if they had run one after the other;
 - the batch is committed once: it costs one ``COMMIT`` (the WAL write) and one wake-up of the
   event loop, where it cost one each per call. If that commit fails, nothing of the batch was
@@ -115,6 +115,12 @@ class Batcher:
             for call in batch:
                 if alone:
                     call.result = call.fn(db)
+                    continue
+                if not call.write:  # it writes nothing: no savepoint to roll back to
+                    try:
+                        call.result = call.fn(db)
+                    except Exception as exc:
+                        call.error = exc
                     continue
                 db.execute("SAVEPOINT call")
                 before = len(undo)

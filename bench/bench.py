@@ -13,9 +13,10 @@ benchmarks measure, each palaver figure against the bare upstream measured just 
   is a gap over 100 ms; the largest N of 1/32/128/512/1024 with no stall and every stream
   complete; 1024 also with ``--workers 2``;
 - conversation turns/s on each backend, as a ratio to the stateless relay measured just
-  before (the median of three alternated rounds): each request names one of 1,000 conversations seeded with 20 messages and sends
-  one new message; the server keeps 20 messages a conversation (``max_messages``), so the
-  histories stay at 20 however long the run, as conversations at their cap do;
+  before (the median of three alternated rounds): each request names one of 1,000
+  conversations seeded with 20 messages and sends one new message; the server keeps 20
+  messages a conversation (``max_messages``), so the histories stay at 20 however long the
+  run, as conversations at their cap do;
 - 100 concurrent turns on one conversation (on servers with room for all 200 messages): p99,
   and the stored conversation checked whole;
 - resident memory of the worker, idle and at its peak.

@@ -35,7 +35,7 @@ from palaver.stores.base import (
     new_item_id,
 )
 from palaver.stores.sqlite_batch import Batcher, Db
-from palaver.stores.sqlite_cache import PER_MESSAGE, Key, Recent, Rows, Version
+from palaver.stores.sqlite_cache import UNSET, Key, Recent, Rows, Version, size
 from palaver.stores.sqlite_schema import migrate
 
 T = TypeVar("T")
@@ -57,12 +57,15 @@ def _bodies(texts: list[str]) -> list[Message]:
     return parsed
 
 
+def _tokens(text: str | None) -> Counts | None:
+    return None if text is None else orjson.loads(text)
+
+
 def _stored(rows: list[Any]) -> list[StoredMessage]:
     """Rows of (item_id, created_at, body, tokens) as messages."""
     bodies = _bodies([r[2] for r in rows])
     return [
-        StoredMessage(r[0], r[1], body, r[3] and orjson.loads(r[3]))
-        for r, body in zip(rows, bodies, strict=True)
+        StoredMessage(r[0], r[1], body, _tokens(r[3])) for r, body in zip(rows, bodies, strict=True)
     ]
 
 
@@ -129,8 +132,8 @@ class SqliteStore:
             " ORDER BY seq",
             key,
         ).fetchall()
-        size = sum(len(r[3]) + len(r[4] or "") for r in found) + PER_MESSAGE * len(found)
-        return Rows(version, [r[0] for r in found], _stored([r[1:] for r in found]), size)
+        total = sum(size(r[3], r[4]) for r in found)
+        return Rows(version, [r[0] for r in found], _stored([r[1:] for r in found]), total)
 
     def _remember(self, key: Key, rows: Rows) -> None:
         """Keep ``rows``; forget them if what this call wrote is rolled back."""
@@ -173,7 +176,7 @@ class SqliteStore:
         key = (info.tenant, info.id)
         seqs: list[int] = []
         added: list[StoredMessage] = []
-        size = 0
+        total = 0
         for message, c in counted(messages, counts):
             body = orjson.dumps(message).decode()
             tokens = None if c is None else orjson.dumps(c).decode()
@@ -185,28 +188,24 @@ class SqliteStore:
             )
             seqs.append(cursor.lastrowid or 0)
             # as a read would give it back, whatever the caller does with ``message`` later
-            added.append(
-                StoredMessage(
-                    item, now, orjson.loads(body), None if tokens is None else orjson.loads(tokens)
-                )
-            )
-            size += len(body) + len(tokens or "") + PER_MESSAGE
+            added.append(StoredMessage(item, now, orjson.loads(body), _tokens(tokens)))
+            total += size(body, tokens)
         count = info.message_count + len(added)
         rows = None
         if prior is not None:
-            rows = Rows(prior.version, prior.seqs + seqs, prior.messages + added, prior.size + size)
+            rows = Rows(UNSET, prior.seqs + seqs, prior.messages + added, prior.size + total)
         limit = self._limits.max_messages
         if count > limit:
-            rows = rows or self._select(db, key, prior.version if prior else (0, 0, 0))
+            rows = rows or self._select(db, key, UNSET)
             kept = keep([s.message for s in rows.messages], limit)
             chosen = set(kept)
             db.executemany(
                 "DELETE FROM messages WHERE seq = ?",
                 [(seq,) for i, seq in enumerate(rows.seqs) if i not in chosen],
             )
-            size = rows.size * len(kept) // max(len(rows.seqs), 1)
+            share = rows.size * len(kept) // max(len(rows.seqs), 1)
             rows = Rows(
-                rows.version, [rows.seqs[i] for i in kept], [rows.messages[i] for i in kept], size
+                UNSET, [rows.seqs[i] for i in kept], [rows.messages[i] for i in kept], share
             )
             count = len(kept)
         info.message_count = count

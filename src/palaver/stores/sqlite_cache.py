@@ -28,6 +28,12 @@ Key = tuple[str, str]  # (tenant, id)
 Version = tuple[int, int, int]  # the epoch, the largest seq and the count of its messages
 MAX_BYTES = 32 * 1024 * 1024
 PER_MESSAGE = 512  # the objects of a decoded message beyond its JSON's length
+UNSET: Version = (0, 0, 0)  # rows still being changed: their version is set when they are kept
+
+
+def size(body: str, tokens: str | None) -> int:
+    """What one message counts against ``MAX_BYTES``, from its stored JSON."""
+    return len(body) + len(tokens or "") + PER_MESSAGE
 
 
 @dataclass(slots=True)
@@ -45,9 +51,6 @@ class Recent:
         self._entries: OrderedDict[Key, Rows] = OrderedDict()  # least recently used first
         self._max_bytes = max_bytes
         self.size = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
     def get(self, key: Key, version: Version) -> Rows | None:
         """The messages kept for ``key`` if they are of ``version``."""
@@ -74,7 +77,3 @@ class Recent:
         rows = self._entries.pop(key, None)
         if rows is not None:
             self.size -= rows.size
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self.size = 0

@@ -114,6 +114,54 @@ async def test_an_exhausted_pool_fails_the_call_not_the_link(redis_prefix: str) 
         await link.close()
 
 
+async def test_a_waiter_gets_the_connection_given_back(redis_prefix: str) -> None:
+    """Given back while someone waits, a connection goes to the waiter (redis-py's path
+    notifies it), not to the idle list where the waiter would never look."""
+    link = RedisLink(redis_url_or_skip(), redis_prefix, max_connections=1, pool_timeout=2)
+    try:
+        pool = link.client.connection_pool
+        held = await pool.get_connection()  # type: ignore[no-untyped-call]
+        waiter = asyncio.create_task(link.run(lambda r: r.ping()))
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        await pool.release(held)
+        assert await waiter
+        assert time.monotonic() - started < 0.5  # served at once, not at pool_timeout
+    finally:
+        await link.close()
+
+
+async def test_an_idle_connection_is_checked_before_it_is_lent(redis_prefix: str) -> None:
+    """A connection given back with a reply left unread, or closed by Redis while idle, is
+    reconnected before its next borrower uses it: the borrower reads its own reply, and the
+    breaker does not trip."""
+    link = RedisLink(redis_url_or_skip(), redis_prefix, max_connections=1)
+    try:
+        pool = link.client.connection_pool
+        key = redis_prefix + "k"
+        await link.run(lambda r: r.set(key, b"value"))
+        dirty = await pool.get_connection()  # type: ignore[no-untyped-call]
+        await dirty.send_command("ECHO", "left unread")
+        await asyncio.sleep(0.05)  # the reply is in the connection's buffer
+        await pool.release(dirty)
+        assert await link.run(lambda r: r.get(key)) == b"value"
+
+        own = await pool.get_connection()  # type: ignore[no-untyped-call]
+        await own.send_command("CLIENT", "ID")
+        client_id = await own.read_response()
+        await pool.release(own)
+        admin = sync_redis.Redis.from_url(redis_url_or_skip())
+        try:
+            assert admin.client_kill_filter(_id=client_id) == 1  # only this connection
+        finally:
+            admin.close()
+        await asyncio.sleep(0.05)  # its end of stream arrives while it is idle
+        assert await link.run(lambda r: r.get(key)) == b"value"
+        assert not link.down
+    finally:
+        await link.close()
+
+
 # --- timeouts are real and nothing is repeated behind our back -----------------------------
 
 

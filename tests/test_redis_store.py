@@ -13,6 +13,7 @@ import redis as sync_redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from palaver import redis_link
 from palaver.conversations.priority import keep
 from palaver.errors import ServiceUnavailable
 from palaver.redis_link import RedisBusy, RedisDown, RedisLink
@@ -158,6 +159,29 @@ async def test_an_idle_connection_is_checked_before_it_is_lent(redis_prefix: str
         await asyncio.sleep(0.05)  # its end of stream arrives while it is idle
         assert await link.run(lambda r: r.get(key)) == b"value"
         assert not link.down
+    finally:
+        await link.close()
+
+
+async def test_a_new_connection_costs_no_setup_commands(
+    redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No CLIENT SETINFO on connect: a burst on a cold pool opens one connection a request,
+    and those two commands were two thirds of what a new connection cost (Redis before 7.2
+    answers them with an error, which redis-py ignores)."""
+    sent: list[tuple[Any, ...]] = []
+    original = redis_link._Connection.send_command
+
+    async def recording(self: Any, *args: Any, **kwargs: Any) -> None:
+        sent.append(args)
+        await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis_link._Connection, "send_command", recording)
+    link = RedisLink(redis_url_or_skip(), redis_prefix)
+    try:
+        assert await link.run(lambda r: r.ping())
+        assert ("PING",) in sent  # the connection was made, and its setup went by here
+        assert not [args for args in sent if args[:2] == ("CLIENT", "SETINFO")]
     finally:
         await link.close()
 

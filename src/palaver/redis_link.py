@@ -147,6 +147,9 @@ class RedisLink:
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),  # sent once: the timeout is the real one
             health_check_interval=10,
+            # no CLIENT SETINFO on connect: a burst of 100 requests on a cold pool opens 100
+            # connections, ~1 ms of CPU each with it, ~0.35 ms without
+            driver_info=None,
         )
         if pool.connection_class is Connection:  # plain TCP (not TLS, not a Unix socket)
             pool.connection_class = _Connection

@@ -74,8 +74,8 @@ class _Pool(BlockingConnectionPool):
     hooks for every return: with tens of requests at once they queue on that lock (in
     process, 32 concurrent turns cost ~180 us of CPU a turn through it, ~120 without). While
     no caller waits for a connection, an idle one is taken and given back directly (asyncio
-    runs this code without a switch between the check and the take); it is still checked as
-    redis-py checks it (connected, no unread data, else reconnected). A new connection, a
+    runs this code without a switch between the check and the take); it is checked like
+    every lent connection (``ensure_connection``, below). A new connection, a
     wait, a release while someone waits, and a connection due to reconnect or re-authenticate
     go through redis-py's own path, which notifies the waiters. (redis-py's connection-count
     observability, which palaver does not configure, does not see the direct borrows.)"""

@@ -7,6 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from palaver.conversations import priority
 from palaver.conversations.priority import arrange, keep, newest_user_index, trim
 
 Message = dict[str, Any]
@@ -134,6 +135,41 @@ def test_trim_is_tight(messages: list[Message], limit: int) -> None:
     kept = keep(messages, limit)
     if len(messages) > limit and len(kept) < limit:
         assert limit - len(kept) <= 3  # the last unit dropped was a tool group (max 4 messages)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    conversations(),
+    st.integers(min_value=0, max_value=30),
+    st.data(),
+)
+def test_messages_without_tool_results_are_dropped_as_units_would_be(
+    messages: list[Message], floor: int, data: st.DataObject
+) -> None:
+    """Without tool results every unit is one message, and the one-by-one path (no unit
+    lists, no sort) drops exactly what the unit path drops, by count and by tokens."""
+    messages = [x for x in messages if x["role"] != "tool"]
+    floor = min(floor, len(messages))
+    costs = data.draw(st.lists(st.integers(0, 50), min_size=len(messages), max_size=len(messages)))
+    excess = data.draw(st.integers(-3, len(messages)))
+    over = data.draw(st.integers(-10, sum(costs)))
+    for cost in (None, costs):
+        roles = [x["role"] for x in messages]
+        singly = priority._drop_singly(roles, floor, excess, over, cost)
+        assert singly == priority._drop_units(messages, floor, excess, over, cost)
+
+
+def test_keep_takes_the_unit_path_only_with_tool_results() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    plain = [m("user", "u1"), m("assistant", "a1"), m("user", "u2")]
+    assert keep(plain, 2) == [0, 2]
+    tooled = [
+        m("user", "u1"),
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+        m("user", "u2"),
+    ]
+    assert keep(tooled, 3) == [0, 3]  # the call and its result went together
 
 
 @settings(max_examples=200, deadline=None)

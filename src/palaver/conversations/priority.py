@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from operator import itemgetter
-from typing import Protocol
+from typing import Any, Protocol
 
 from palaver.protocol import Message
 
@@ -84,11 +84,32 @@ def keep(
     over = 0 if costs is None or budget is None else sum(costs) - budget
     if excess <= 0 and over <= 0:
         return list(range(len(messages)))
-    floor = newest_user_index(messages)
+    roles = [message.get("role") for message in messages]
+    floor = len(roles)
+    for index in range(len(roles) - 1, -1, -1):
+        if roles[index] == "user":
+            floor = index
+            break
     if protect_from is not None:
         floor = min(floor, protect_from)
+    if "tool" in roles:
+        dropped = _drop_units(messages, floor, excess, over, costs)
+    else:
+        dropped = _drop_singly(roles, floor, excess, over, costs)
+    return [i for i in range(len(messages)) if i not in dropped]
+
+
+def _drop_units(
+    messages: Sequence[Message],
+    floor: int,
+    excess: int,
+    over: int,
+    costs: Sequence[int] | None,
+) -> set[int]:
+    """What goes, by unit (a tool call and its results together), the lowest class first
+    and the oldest first within a class, until both excesses are gone."""
     candidates = [(rank, unit) for rank, unit in _units(messages) if unit[-1] < floor]
-    candidates.sort(key=itemgetter(0))  # the lowest class first; stable: oldest first in it
+    candidates.sort(key=itemgetter(0))  # stable: oldest first within a class
     dropped: set[int] = set()
     for _, unit in candidates:
         if excess <= 0 and over <= 0:
@@ -97,7 +118,31 @@ def keep(
         excess -= len(unit)
         if costs is not None:
             over -= sum(costs[i] for i in unit)
-    return [i for i in range(len(messages)) if i not in dropped]
+    return dropped
+
+
+def _drop_singly(
+    roles: Sequence[Any],
+    floor: int,
+    excess: int,
+    over: int,
+    costs: Sequence[int] | None,
+) -> set[int]:
+    """``_drop_units`` for messages without tool results, where every unit is one message
+    (the common case, and a turn's hot path: no unit lists are built and nothing is sorted;
+    a history at its cap gives up its oldest assistant message in a few steps)."""
+    dropped: set[int] = set()
+    for rank in (0, 1, 2):
+        for index in range(floor):
+            if _RANK.get(roles[index], 0) != rank:
+                continue
+            if excess <= 0 and over <= 0:
+                return dropped
+            dropped.add(index)
+            excess -= 1
+            if costs is not None:
+                over -= costs[index]
+    return dropped
 
 
 def trim(messages: list[Message], limit: int, protect_from: int | None = None) -> list[Message]:

@@ -159,7 +159,7 @@ def test_messages_without_tool_results_are_dropped_as_units_would_be(
         assert singly == priority._drop_units(messages, floor, excess, over, cost)
 
 
-def test_keep_takes_the_unit_path_only_with_tool_results() -> None:
+def test_keep_with_and_without_tool_results() -> None:
     call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
     plain = [m("user", "u1"), m("assistant", "a1"), m("user", "u2")]
     assert keep(plain, 2) == [0, 2]

@@ -84,14 +84,10 @@ def keep(
     over = 0 if costs is None or budget is None else sum(costs) - budget
     if excess <= 0 and over <= 0:
         return list(range(len(messages)))
-    roles = [message.get("role") for message in messages]
-    floor = len(roles)
-    for index in range(len(roles) - 1, -1, -1):
-        if roles[index] == "user":
-            floor = index
-            break
+    floor = newest_user_index(messages)
     if protect_from is not None:
         floor = min(floor, protect_from)
+    roles = [message.get("role") for message in messages]
     if "tool" in roles:
         dropped = _drop_units(messages, floor, excess, over, costs)
     else:

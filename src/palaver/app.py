@@ -56,15 +56,6 @@ Handler = Callable[[Scope, Receive, Send, str], Awaitable[None]]
 PUBLIC_PATHS = frozenset({"/health", "/metrics"})  # /metrics checks the admin key itself
 _TEMPLATE_WORDS = frozenset({"v1", "conversations", "items", "responses", "input_items", "models"})
 
-# The cyclic collector runs a young collection every GC_THRESHOLDS[0] allocations (Python's
-# default: 700). Each one walks every young object still alive, and a request in flight keeps
-# hundreds (its parsed body, its coroutines, aiohttp's and uvicorn's state), so at 64
-# concurrent requests the default ran a collection every few requests and, from the
-# survivors it promoted, full collections of the whole heap (the conversations kept decoded
-# included): 25-38 us of collector time a stateless request, 60-63 us a conversation turn.
-# At 10,000 it is 0-1 and ~5 us; refcounting still frees everything not in a cycle at once.
-GC_THRESHOLDS = (10_000, 10, 10)
-
 
 def route_template(path: str) -> str:
     """A path as a metrics label: ids become ``{id}`` (``/v1/conversations/{id}/items``)."""
@@ -302,7 +293,6 @@ class Palaver:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 gc.freeze()  # what startup built lives on: keep it out of every collection
-                gc.set_threshold(*GC_THRESHOLDS)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.shutdown()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import time
 
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from palaver.asgi import CancelOnDisconnect
 from tests.upstream import Upstream
 
 USER: list[ChatCompletionMessageParam] = [
@@ -67,3 +70,33 @@ async def test_async_client_cancel_closes_upstream(palaver_url: str, upstream: U
         await asyncio.sleep(0.01)
     assert upstream.disconnects
     assert upstream.disconnects[0] - cancelled_at < 1.0
+
+
+async def test_a_watched_request_leaves_no_cycle_for_the_collector() -> None:
+    """A request still running after ``WATCH_AFTER`` gets a watcher task, cancelled at its end;
+    nothing of it may wait for the cyclic collector (under load every request is watched, and
+    such garbage held uvicorn's state of each: most of the worker's memory peak)."""
+    never = asyncio.Event()
+
+    async def receive() -> dict[str, str]:
+        await never.wait()  # the client stays
+        return {"type": "http.disconnect"}
+
+    async def watched() -> None:
+        async with CancelOnDisconnect(receive):
+            await asyncio.sleep(CancelOnDisconnect.WATCH_AFTER * 2)
+
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(3):
+            await asyncio.create_task(watched())
+        await asyncio.sleep(0.01)  # the cancelled watchers finish
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, CancelOnDisconnect)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == []
